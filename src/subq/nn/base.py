@@ -1,0 +1,83 @@
+"""The shell base class: an ``nn.Module`` that holds a params pytree as ``nn.Parameter``s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from torch import Tensor, nn
+
+from subq._pytree import is_params
+
+__all__ = ["ParamsHolder", "Shell"]
+
+
+class Shell(nn.Module):
+    """Base of every subq shell.
+
+    ``Shell(params)`` registers each tensor field of the params pytree as an ``nn.Parameter`` under
+    the field's name, each nested params pytree as a child module, and each tuple/list of params as
+    an ``nn.ModuleList``; ``None`` fields are absent. ``state_dict`` keys therefore equal the
+    pytree's key paths, and :meth:`params` rebuilds the pytree from the live parameters (so
+    optimisers, ``.to()`` and ``load_state_dict`` act on what the pure function sees).
+
+    A subclass builds its params with ``init_x(cfg, ...)``, calls ``super().__init__(params)`` and
+    implements ``forward`` by calling the pure function with ``self.params()``. A nested field may
+    also be filled by a specialised shell: pass it in ``children`` and it replaces the generic
+    holder (its own ``params()`` is then used).
+    """
+
+    def __init__(self, params: Any, children: dict[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        if not is_params(params):
+            raise TypeError(
+                f"{type(self).__name__}: expected a params pytree, got {type(params)!r}"
+            )
+        self._params_cls = type(params)
+        self._field_names = tuple(f.name for f in attrs.fields(type(params)))
+        children = children or {}
+        for name in self._field_names:
+            if name in children:
+                self.add_module(name, children[name])
+                continue
+            value = getattr(params, name)
+            if value is None:
+                continue
+            if isinstance(value, Tensor):
+                self.register_parameter(
+                    name,
+                    nn.Parameter(
+                        value.detach().clone(), requires_grad=value.dtype.is_floating_point
+                    ),
+                )
+            elif is_params(value):
+                self.add_module(name, ParamsHolder(value))
+            elif isinstance(value, (tuple, list)):
+                self.add_module(name, nn.ModuleList(_as_module(v) for v in value))
+            else:
+                raise TypeError(
+                    f"{type(self).__name__}: field {name!r} holds {type(value)!r}; params fields "
+                    "must be tensors, params pytrees, tuples of them, or None"
+                )
+
+    def params(self) -> Any:
+        """The params pytree, built from the live parameters (no copies)."""
+        kwargs = {}
+        for name in self._field_names:
+            value = getattr(self, name, None)
+            if isinstance(value, nn.ModuleList):
+                value = tuple(m.params() for m in value)
+            elif isinstance(value, Shell):
+                value = value.params()
+            kwargs[name] = value
+        return self._params_cls(**kwargs)
+
+
+class ParamsHolder(Shell):
+    """A shell with no ``forward``: holds a nested params pytree inside a larger shell."""
+
+
+def _as_module(value: Any) -> nn.Module:
+    if isinstance(value, nn.Module):
+        return value
+    return ParamsHolder(value)

@@ -1,0 +1,1 @@
+"""Registry entries, one module per layer family (imported by ``layer_registry()``)."""
