@@ -1,0 +1,27 @@
+"""``python -m subq.bench [--only NAME ...] [--quick] [--out DIR] [--device DEV]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from subq.bench.harness import registered_benchmarks, run_benchmarks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m subq.bench", description=__doc__)
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    parser.add_argument("--out", metavar="DIR", help="write <name>.json files here")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--list", action="store_true", help="list registered benchmarks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(sorted(registered_benchmarks())))
+        return 0
+    rows = run_benchmarks(args.only, device=args.device, out_dir=args.out, quick=args.quick)
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

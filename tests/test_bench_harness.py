@@ -1,0 +1,120 @@
+"""The benchmark harness: timer, registry, table and JSON output (CPU smoke tests)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from subq.bench import harness
+from subq.bench.harness import (
+    Timing,
+    benchmark,
+    copy_bandwidth,
+    print_table,
+    register_benchmark,
+    rotation_count,
+    run_benchmarks,
+    write_json,
+)
+
+
+def test_benchmark_rotates_inputs_and_counts_calls():
+    seen = []
+    inputs = [(torch.tensor(i),) for i in range(3)]
+    t = benchmark(lambda a: seen.append(int(a)), inputs, warmup=2, reps=7)
+    assert isinstance(t, Timing)
+    assert seen == [i % 3 for i in range(9)]
+    assert t.reps == 7
+    assert 0 <= t.p10_ms <= t.median_ms <= t.p90_ms
+
+
+def test_benchmark_measures_wall_clock_on_cpu():
+    import time
+
+    t = benchmark(lambda: time.sleep(0.01), [()], warmup=0, reps=3)
+    assert 9.0 <= t.median_ms < 200.0
+
+
+@pytest.mark.parametrize("kwargs", [{"inputs": []}, {"inputs": [()], "reps": 0}])
+def test_benchmark_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="benchmark"):
+        benchmark(lambda: None, **kwargs)
+
+
+def test_copy_bandwidth_is_positive_and_cached():
+    bw = copy_bandwidth("cpu", nbytes=2**20)
+    assert bw > 0
+    assert copy_bandwidth("cpu", nbytes=2**20) == bw
+
+
+def test_rotation_count_on_cpu_is_one_and_validates():
+    assert rotation_count(10, "cpu") == 1
+    with pytest.raises(ValueError, match="bytes_per_set"):
+        rotation_count(0, "cpu")
+
+
+def test_register_benchmark_refuses_a_taken_name():
+    @register_benchmark("_test_taken")
+    def first(device, quick):
+        return []
+
+    with pytest.raises(ValueError, match="_test_taken"):
+
+        @register_benchmark("_test_taken")
+        def second(device, quick):
+            return []
+
+    del harness._BENCHMARKS["_test_taken"]
+
+
+def test_print_table_aligns_columns_per_bench():
+    buf = io.StringIO()
+    rows = [
+        {"bench": "a", "impl": "x", "ms": 1.23456},
+        {"bench": "a", "impl": "longer", "ms": 0.5, "extra": [2, 3]},
+        {"bench": "b", "impl": "y"},
+    ]
+    print_table(rows, file=buf)
+    text = buf.getvalue()
+    assert "== a ==" in text and "== b ==" in text
+    assert "1.235" in text and "2x3" in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("impl"))
+    assert header.index("ms") == len("longer  ")
+
+
+def test_write_json_round_trips(tmp_path):
+    rows = [{"impl": "a", "ms": 1.0, "shape": [2, 3]}]
+    path = write_json(rows, tmp_path / "sub" / "r.json", meta={"device": "cpu"})
+    data = json.loads(path.read_text())
+    assert data == {"meta": {"device": "cpu"}, "rows": rows}
+
+
+def test_run_benchmarks_rms_norm_quick_on_cpu(tmp_path, capsys):
+    rows = run_benchmarks(["rms_norm"], device="cpu", out_dir=tmp_path, quick=True)
+    impls = {r["impl"] for r in rows}
+    assert {"subq (reference)", "F.rms_norm", "eager formula", "copy_"} <= impls
+    timed = [r for r in rows if r["mode"] in ("fwd", "fwd+bwd")]
+    assert {r["mode"] for r in timed} == {"fwd", "fwd+bwd"}
+    assert all(r["bench"] == "rms_norm" and r["ms"] > 0 and r["TB/s"] > 0 for r in timed)
+    # Every implementation agrees with the reference (bf16 rounding only).
+    assert all(r["rel_err"] < 2e-2 for r in timed)
+    data = json.loads((tmp_path / "rms_norm.json").read_text())
+    assert data["rows"] == json.loads(json.dumps(rows))
+    assert data["meta"]["device"] == "cpu" and data["meta"]["quick"] is True
+    assert "== rms_norm ==" in capsys.readouterr().out
+
+
+def test_run_benchmarks_rejects_unknown_names():
+    with pytest.raises(ValueError, match="no_such_bench"):
+        run_benchmarks(["no_such_bench"], device="cpu", quick=True)
+
+
+def test_main_lists_benchmarks(capsys):
+    from subq.bench.__main__ import main
+
+    assert main(["--list"]) == 0
+    assert "rms_norm" in capsys.readouterr().out.split()
