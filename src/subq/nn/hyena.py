@@ -1,0 +1,89 @@
+"""Shell of the Hyena mixer (an inner mixer of :class:`subq.nn.mixer.QKVSequenceMixer`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from subq.functional import hyena as F
+from subq.functional.implicit import KernelNetBuffers, init_kernel_net_buffers
+from subq.nn.base import Shell
+
+__all__ = ["Hyena"]
+
+
+class Hyena(Shell):
+    """Shell of :func:`subq.functional.hyena.hyena`.
+
+    ``Hyena(hidden_dim=256, max_size=4096)`` (causal 1D) or ``Hyena(hidden_dim=256, ndim=2,
+    max_size=(32, 32), mode="circular")`` or ``Hyena(cfg=HyenaConfig(...))``. ``forward`` takes the
+    projected ``query, key, value`` ``[B, *spatial, C]`` and the mixer protocol's ``cp_group``
+    (must be None) and ignores unknown keyword arguments (e.g. ``conditioning``). The random
+    features of an ``"rff"`` filter are a buffer (``filter_buffers.rff_freqs``), not a parameter.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int | None = None,
+        cfg: F.HyenaConfig | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **fields: Any,
+    ) -> None:
+        if cfg is None:
+            cfg = F.HyenaConfig(hidden_dim=hidden_dim, **fields)
+        elif hidden_dim is not None and hidden_dim != cfg.hidden_dim:
+            raise ValueError(
+                f"Hyena: hidden_dim={hidden_dim} differs from cfg.hidden_dim={cfg.hidden_dim}"
+            )
+        elif fields:
+            raise TypeError(f"Hyena: pass either cfg or config fields, got both ({sorted(fields)})")
+        self.cfg = cfg
+        super().__init__(F.init_hyena(cfg, generator=generator, device=device, dtype=dtype))
+        buffers = init_kernel_net_buffers(cfg.filter, generator=generator, device=device)
+        if buffers.rff_freqs is not None:
+            self.register_buffer("rff_freqs", buffers.rff_freqs)
+        else:
+            self.rff_freqs = None
+
+    def buffers_pytree(self) -> KernelNetBuffers:
+        """The frozen kernel-network buffers as the pure function takes them."""
+        return KernelNetBuffers(rff_freqs=self.rff_freqs)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        cp_group: Any = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        del kwargs  # the mixer protocol passes options meant for other mixers (conditioning)
+        if cp_group is not None:
+            raise NotImplementedError(
+                "Hyena: context parallelism (cp_group) is not implemented yet (a later issue "
+                "wraps the long convolution in an all-to-all); pass cp_group=None"
+            )
+        return F.hyena(
+            self.params(), query, key, value, cfg=self.cfg, buffers=self.buffers_pytree()
+        )
+
+    def init_state(self, batch: int, max_len: int) -> F.HyenaState:
+        """Decoding state for :meth:`step` (causal 1D only)."""
+        return F.init_hyena_state(
+            self.params(), self.cfg, batch, max_len, buffers=self.buffers_pytree()
+        )
+
+    def step(
+        self, query: Tensor, key: Tensor, value: Tensor, state: F.HyenaState
+    ) -> tuple[Tensor, F.HyenaState]:
+        """One token ``[B, C]`` of causal decoding."""
+        return F.hyena_step(self.params(), query, key, value, state, cfg=self.cfg)
+
+    def flop_count(self, spatial_dims: tuple[int, ...], inference: bool = False) -> int:
+        """FLOPs of one sample (one multiply-add = 2 FLOPs; see ``hyena_flop_count``)."""
+        return F.hyena_flop_count(self.cfg, spatial_dims, inference)
