@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import attrs
 import torch
-import torch.nn.functional as F
 from attrs import validators as v
 
 from subq._pytree import pytree_node
 from subq._typing import Float, Tensor, shapecheck
-from subq.ops.norm import rms_norm_op
+from subq.ops.norm import layer_norm_op, rms_norm_op
 
 __all__ = [
     "LayerNormConfig",
@@ -219,9 +218,7 @@ def layer_norm(
     _check_weight("layer_norm", x, weight)
     _check_weight("layer_norm", x, bias)
     # Normalise over the last axis only; a [heads, head_dim] weight then scales per head.
-    y = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
-    if weight is not None:
-        y = y * weight.float()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+    # weight_ndim: 0 without a weight, 2 if either parameter is per head.
+    weight_ndim = 0 if weight is None else max(weight.ndim, 0 if bias is None else bias.ndim)
+    facts = {"device": x.device, "dtype": x.dtype, "n": x.shape[-1], "weight_ndim": weight_ndim}
+    return layer_norm_op.select(facts)(x, weight, bias, eps)
