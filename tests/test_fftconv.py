@@ -1,0 +1,223 @@
+"""FFT convolution against direct convolution (the oracle), for every mode, rank and odd size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from subq.functional.fftconv import fft_conv
+from subq.ops.fftconv import fft_conv_plan, next_fast_len
+from subq.testing import (
+    assert_causal,
+    assert_close_rel,
+    assert_compiles,
+    assert_equivariant,
+    assert_vmap_matches_loop,
+    compute_relative_error,
+)
+
+DT = torch.float64
+
+
+def _g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def direct_conv(x, kernel, modes, skip=None):
+    """Oracle: F.conv{1,2,3}d of the flipped kernel with the padding each mode implies.
+
+    Circular padding by tiling, so kernels longer than the input work too.
+    """
+    nd = len(modes)
+    xp = x
+    for i, m in enumerate(modes):
+        k, n, ax = kernel.shape[-nd + i], x.shape[2 + i], 2 + i
+        lo, hi = (k - 1, 0) if m == "causal" else (k - 1 - k // 2, k // 2)
+        if m == "circular":
+            reps = -(-max(lo, hi) // n) + 1
+            tiled = torch.cat([xp] * (2 * reps + 1), dim=ax)
+            xp = tiled.narrow(ax, reps * n - lo, n + lo + hi)
+        else:
+            shape = list(xp.shape)
+            shape[ax] = lo
+            before = xp.new_zeros(shape)
+            shape[ax] = hi
+            xp = torch.cat([before, xp, xp.new_zeros(shape)], ax)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    flipped = kernel.flip(list(range(-nd, 0)))
+    if kernel.ndim == nd + 2:  # per-sample: one grouped conv per sample
+        y = torch.cat(
+            [
+                conv(xp[b : b + 1], flipped[b].unsqueeze(1), groups=x.shape[1])
+                for b in range(x.shape[0])
+            ]
+        )
+    else:
+        y = conv(xp, flipped.unsqueeze(1), groups=x.shape[1])
+    if skip is not None:
+        y = y + x * skip.reshape(-1, *([1] * nd))
+    return y
+
+
+CASES = [
+    # (modes, spatial, kernel)
+    (("causal",), (7,), (3,)),
+    (("causal",), (13,), (13,)),
+    (("causal",), (5,), (11,)),  # kernel longer than the input
+    (("causal",), (1,), (4,)),
+    (("zero",), (7,), (4,)),
+    (("zero",), (11,), (21,)),  # the double grid
+    (("zero",), (6,), (20,)),  # longer than the double grid
+    (("zero",), (8,), (1,)),
+    (("circular",), (7,), (4,)),
+    (("circular",), (5,), (13,)),  # folded modulo N
+    (("circular",), (12,), (12,)),
+    (("zero", "zero"), (5, 7), (9, 3)),
+    (("circular", "circular"), (4, 5), (4, 5)),
+    (("zero", "circular"), (5, 6), (4, 9)),
+    (("circular", "zero"), (3, 8), (7, 2)),
+    (("zero", "zero", "zero"), (3, 4, 5), (5, 7, 9)),
+    (("zero", "zero", "circular"), (3, 4, 5), (2, 7, 3)),
+]
+
+
+@pytest.mark.parametrize(("modes", "spatial", "ksize"), CASES)
+def test_matches_direct_convolution(modes, spatial, ksize):
+    x = torch.randn(2, 3, *spatial, generator=_g(0), dtype=DT)
+    k = torch.randn(3, *ksize, generator=_g(1), dtype=DT)
+    d = torch.randn(3, generator=_g(2), dtype=DT)
+    got = fft_conv(x, k, d, mode=modes if len(modes) > 1 else modes[0])
+    assert_close_rel(direct_conv(x, k, modes, d), got, 1e-12)
+
+
+@pytest.mark.parametrize(("modes", "spatial", "ksize"), [CASES[2], CASES[6], CASES[13]])
+def test_gradients_match_direct_convolution(modes, spatial, ksize):
+    x = torch.randn(2, 3, *spatial, generator=_g(0), dtype=DT, requires_grad=True)
+    k = torch.randn(3, *ksize, generator=_g(1), dtype=DT, requires_grad=True)
+    d = torch.randn(3, generator=_g(2), dtype=DT, requires_grad=True)
+    cot = torch.randn(2, 3, *spatial, generator=_g(3), dtype=DT)
+    got = torch.autograd.grad((fft_conv(x, k, d, mode=modes) * cot).sum(), (x, k, d))
+    want = torch.autograd.grad((direct_conv(x, k, modes, d) * cot).sum(), (x, k, d))
+    assert_close_rel(want, got, 1e-11, what="gradients")
+
+
+@pytest.mark.parametrize("modes", [("causal",), ("zero", "circular")])
+def test_per_sample_kernels(modes):
+    spatial = (9,) if len(modes) == 1 else (5, 6)
+    ksize = (9,) if len(modes) == 1 else (9, 6)
+    x = torch.randn(3, 2, *spatial, generator=_g(0), dtype=DT)
+    k = torch.randn(3, 2, *ksize, generator=_g(1), dtype=DT)
+    assert_close_rel(direct_conv(x, k, modes), fft_conv(x, k, mode=modes), 1e-12)
+
+
+def test_chunked_equals_unchunked_and_channels_last():
+    x = torch.randn(2, 7, 5, 6, generator=_g(0), dtype=DT)
+    k = torch.randn(7, 9, 11, generator=_g(1), dtype=DT)
+    d = torch.randn(7, generator=_g(2), dtype=DT)
+    full = fft_conv(x, k, d, mode="zero")
+    assert_close_rel(full, fft_conv(x, k, d, mode="zero", chunk_size=3), 1e-13)
+    last = fft_conv(x.movedim(1, -1), k, d, mode="zero", channels_last=True, chunk_size=2)
+    assert_close_rel(full, last.movedim(-1, 1), 1e-13)
+
+
+def test_circular_is_exactly_shift_equivariant():
+    x = torch.randn(2, 3, 6, 7, generator=_g(0), dtype=DT)
+    k = torch.randn(3, 6, 7, generator=_g(1), dtype=DT)
+    for shift in [(1, 0), (2, 3), (5, 6)]:
+        assert_equivariant(
+            lambda t: fft_conv(t, k, mode="circular"),
+            x,
+            lambda t, s=shift: torch.roll(t, s, dims=(2, 3)),
+            rtol=1e-13,
+        )
+
+
+def test_causal_is_causal():
+    k = torch.randn(4, 20, generator=_g(1), dtype=DT)
+    x = torch.randn(2, 4, 17, generator=_g(0), dtype=DT)
+    assert_causal(lambda t: fft_conv(t, k, mode="causal"), x, time_axis=2, atol=1e-12)
+
+
+def test_fft_sizes_are_minimal_and_fast():
+    assert [next_fast_len(n) for n in (1, 7, 11, 13, 97, 1025, 8191)] == [
+        1,
+        7,
+        12,
+        14,
+        98,
+        1029,
+        8192,
+    ]
+    (causal,) = fft_conv_plan((4096,), (4096,), ("causal",))
+    assert causal.fft_size == 8192  # n ≥ L + K − 1 = 8191
+    (zero,) = fft_conv_plan((4096,), (8191,), ("zero",))
+    assert zero.fft_size == next_fast_len(4096 + 4095)
+    (short,) = fft_conv_plan((4096,), (5,), ("zero",))
+    assert short.fft_size == next_fast_len(4096 + 2)
+    (circ,) = fft_conv_plan((100,), (300,), ("circular",))
+    assert circ.fft_size == 100
+    (exact,) = fft_conv_plan((4096,), (4096,), ("causal",), fast=False)
+    assert exact.fft_size == 8191
+
+
+def test_bfloat16_io_and_float32_spectral_math():
+    x = torch.randn(2, 8, 256, generator=_g(0))
+    k = torch.randn(8, 256, generator=_g(1)) / 16
+    y = fft_conv(x.bfloat16(), k.bfloat16(), mode="causal")
+    assert y.dtype == torch.bfloat16
+    ref = direct_conv(x.bfloat16().double(), k.bfloat16().double(), ("causal",))
+    # Only the output rounding to bfloat16 (2^-9 relative) remains: spectral math is float32.
+    assert compute_relative_error(ref, y) < 4e-3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fft_conv(x.bfloat16(), k, mode="causal").dtype == torch.bfloat16
+
+
+def test_vmap_over_batch_of_kernels_and_grad_via_func():
+    x = torch.randn(2, 3, 10, generator=_g(0), dtype=DT)
+    ks = torch.randn(4, 3, 10, generator=_g(1), dtype=DT)
+    assert_vmap_matches_loop(
+        lambda k, t: fft_conv(t, k, mode="zero"), (ks, x), (0, None), rtol=1e-12
+    )
+    g = torch.func.grad(lambda k: fft_conv(x, k, mode="causal").square().sum())(ks[0])
+    k0 = ks[0].clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(direct_conv(x, k0, ("causal",)).square().sum(), k0)
+    assert_close_rel(want, g, 1e-11)
+
+
+def test_compiles_without_graph_breaks():
+    x = torch.randn(2, 3, 9, 5, generator=_g(0))
+    k = torch.randn(3, 17, 5, generator=_g(1))
+    d = torch.randn(3, generator=_g(2))
+    assert_compiles(lambda t, kk, dd: fft_conv(t, kk, dd, mode=("zero", "circular")), x, k, d)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "same"}, "mode must be one of"),
+        ({"mode": ("zero",)}, "one per spatial axis"),
+        ({"mode": ("causal", "zero")}, "'causal' needs exactly one spatial axis"),
+        ({"mode": ("causal", "circular")}, "'causal' needs exactly one spatial axis"),
+        ({"mode": "zero", "chunk_size": 0}, "chunk_size"),
+    ],
+)
+def test_bad_modes(kwargs, message):
+    x = torch.randn(1, 2, 4, 4)
+    k = torch.randn(2, 3, 3)
+    with pytest.raises(ValueError, match=message):
+        fft_conv(x, k, **kwargs)
+
+
+def test_bad_shapes():
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"\(rank 3 or 4\), got rank 2"):
+        fft_conv(x, torch.randn(2, 3), mode="zero")
+    with pytest.raises(ValueError, match="kernel channels must equal x's channels 2"):
+        fft_conv(x, torch.randn(3, 3, 3), mode="zero")
+    with pytest.raises(ValueError, match="per-sample kernel's batch"):
+        fft_conv(x, torch.randn(2, 2, 3, 3), mode="zero")
+    with pytest.raises(ValueError, match="skip must be"):
+        fft_conv(x, torch.randn(2, 3, 3), torch.randn(3), mode="zero")
+    with pytest.raises(ValueError, match="1 to 3 spatial axes"):
+        fft_conv(torch.randn(2, 3), torch.randn(3, 1))
