@@ -1,4 +1,9 @@
-"""The ``subq`` command: ``subq info`` (and, as they land, ``subq demo`` and ``subq bench``)."""
+"""The ``subq`` command.
+
+* ``subq info``: versions, devices, and which backend each op would use and why;
+* ``subq demo``: train small LMs with different mixers on associative recall (MQAR) and compare;
+* ``subq bench``: run the registered benchmarks on this machine's device.
+"""
 
 from __future__ import annotations
 
@@ -52,16 +57,132 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Compare mixers on MQAR; write results.json, configs and a plot into ``--out``."""
+    from subq.demo import DemoConfig, run_demo
+
+    try:
+        cfg = DemoConfig(
+            mixers=tuple(args.mixers),
+            seq_len=args.seq_len,
+            pairs=args.pairs,
+            width=args.width,
+            vocab_size=args.vocab_size,
+            num_layers=args.layers,
+            epochs=args.epochs,
+            num_train=args.train_examples,
+            num_test=args.test_examples,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            quick=args.quick,
+        )
+        run_demo(cfg, args.out, progress=not args.no_progress)
+    except ValueError as err:
+        # Bad settings are found before any training: report them as a usage error.
+        print(f"subq demo: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the registered benchmarks (``subq.bench``), print the table, write JSON."""
+    from subq.bench import registered_benchmarks, run_benchmarks
+
+    if args.list:
+        print("\n".join(sorted(registered_benchmarks())))
+        return 0
+    try:
+        rows = run_benchmarks(args.only, device=args.device, out_dir=args.out, quick=args.quick)
+    except ValueError as err:
+        print(f"subq bench: error: {err}", file=sys.stderr)
+        return 2
+    return 0 if rows else 1
+
+
+def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    from subq.demo import DEFAULT_MIXERS
+
+    p.add_argument(
+        "--mixers",
+        nargs="+",
+        default=list(DEFAULT_MIXERS),
+        metavar="NAME",
+        help="registered mixers to compare (default: %(default)s)",
+    )
+    p.add_argument("--seq-len", type=_positive_int, default=64, help="sequence length L")
+    p.add_argument("--pairs", type=_positive_int, default=4, help="key-value pairs kv")
+    p.add_argument("--width", type=_positive_int, default=64, help="model width d")
+    p.add_argument("--vocab-size", type=_positive_int, default=256, help="vocabulary size V")
+    p.add_argument("--layers", type=_positive_int, default=2, help="blocks per model")
+    p.add_argument(
+        "--epochs", type=_positive_int, default=None, help="maximum epochs (default 10; 2 quick)"
+    )
+    p.add_argument(
+        "--train-examples", type=_positive_int, default=None, help="default 20000 (1000 quick)"
+    )
+    p.add_argument(
+        "--test-examples", type=_positive_int, default=None, help="default 1000 (200 quick)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smoke test of a few seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    p.add_argument("--out", metavar="DIR", help="write <name>.json files here")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--list", action="store_true", help="list the registered benchmarks and exit")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "info": (cmd_info, "versions, devices and backend choices"),
+    "demo": (cmd_demo, "compare mixers on associative recall (MQAR)"),
+    "bench": (cmd_bench, "run the registered benchmarks on this device"),
+}
+
+_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "demo": _add_demo_arguments,
+    "bench": _add_bench_arguments,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="subq", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="subq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name in _ARGUMENTS:
+            _ARGUMENTS[name](p)
     return parser
 
 

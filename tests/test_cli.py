@@ -1,0 +1,81 @@
+"""The ``subq`` command: argument errors, bad demo settings, bench plumbing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from subq import cli
+
+
+def _run(capsys, *argv):
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        ([], "the following arguments are required: command"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+        (["demo", "--pairs", "0"], "argument --pairs: expected a positive integer, got '0'"),
+        (["demo", "--seq-len", "abc"], "argument --seq-len: expected a positive integer"),
+        (["demo", "--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+        (["demo", "--mixers"], "argument --mixers: expected at least one argument"),
+        (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["bench", "--only"], "argument --only: expected at least one argument"),
+    ],
+)
+def test_argument_errors_exit_2_with_a_message(capsys, argv, match):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--seq-len", "16", "--pairs", "5"], "4·num_pairs <= seq_len"),
+        (["--vocab-size", "6", "--pairs", "3"], "vocab_size=6 is too small"),
+        (["--mixers", "attention", "nope"], "unknown mixer 'nope'; registered mixers are"),
+    ],
+)
+def test_bad_demo_settings_are_rejected_before_training(capsys, tmp_path, argv, match):
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "demo", "--quick", "--out", str(out), *argv)
+    assert code == 2
+    assert match in err and err.startswith("subq demo: error:")
+    assert not out.exists()
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("info", "demo", "bench"):
+        assert command in out
+
+
+def test_bench_unknown_name_lists_the_registered_ones(capsys):
+    code, _, err = _run(capsys, "bench", "--only", "no_such_bench", "--quick", "--device", "cpu")
+    assert code == 2
+    assert "no_such_bench" in err and "names must be among" in err
+
+
+def test_bench_list_and_one_quick_benchmark(capsys, tmp_path):
+    code, out, _ = _run(capsys, "bench", "--list")
+    assert code == 0
+    names = out.split()
+    assert names, "no benchmark is registered"
+    name = "rms_norm" if "rms_norm" in names else names[0]
+    code, out, _ = _run(
+        capsys, "bench", "--only", name, "--quick", "--device", "cpu", "--out", str(tmp_path)
+    )
+    assert code == 0
+    assert f"== {name} ==" in out
+    rows = json.loads((tmp_path / f"{name}.json").read_text())["rows"]
+    assert rows and all(row["bench"] == name for row in rows)
