@@ -365,7 +365,8 @@ def _dispatch(x: Tensor, cache: RopeCache, sections: tuple[int, ...], pairing: s
         "n_sections": len(sections),
         "rot_dim": sum(sections),
         "head_dim": x.shape[-1],
-        "cache_dtype": cache.cos.dtype,
+        "x_shape": tuple(x.shape),
+        "cache_shape": tuple(cache.cos.shape),
     }
     return rope_op.select(facts, backend)(x, cache.cos, cache.sin, sections, pairing)
 

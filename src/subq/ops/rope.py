@@ -20,12 +20,18 @@ Backends, fastest first: ``triton`` (CUDA, a fused Triton kernel behind a
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from subq.ops.capabilities import module_available
 from subq.ops.dispatch import Backend, Op
 
-__all__ = ["PAIRINGS", "rope_op", "rope_reference"]
+__all__ = ["PAIRINGS", "rope_fused", "rope_op", "rope_reference"]
 
 #: Valid pairing names.
 PAIRINGS = ("split_half", "interleaved", "nvsubquadratic")
@@ -82,13 +88,357 @@ def rope_reference(
     return out.to(x.dtype)
 
 
-def _triton_backend() -> list[Backend]:
-    # Filled in by the fused kernel module when available (see below).
-    return []
+# --------------------------------------------------------------------------------------------
+# Fused path: one Triton kernel, wrapped in an autograd.Function with a vmap rule
+# --------------------------------------------------------------------------------------------
+
+#: The kernel addresses rows through at most this many (merged) leading axes.
+MAX_LEAD_DIMS = 4
+_MODE_SPLIT, _MODE_INTERLEAVED, _MODE_GATHER = 0, 1, 2
+
+
+def _merge_dims(sizes, *stride_lists) -> list[tuple[int, ...]]:
+    """Drop size-1 axes and merge neighbours that are contiguous in every stride list.
+
+    Returns ``[(size, stride_0, stride_1, ...)]``, outermost first.
+    """
+    merged: list[tuple[int, ...]] = []
+    for i, n in enumerate(sizes):
+        if n == 1:
+            continue
+        strides = tuple(sl[i] for sl in stride_lists)
+        if merged and all(prev == s * n for prev, s in zip(merged[-1][1:], strides)):
+            merged[-1] = (merged[-1][0] * n, *strides)
+        else:
+            merged.append((n, *strides))
+    return merged
+
+
+def _broadcast_strides(cache_shape: tuple[int, ...], lead: tuple[int, ...]) -> list[int]:
+    """Strides (elements) of a contiguous ``[*cache_lead, W]`` cache expanded to ``lead``."""
+    cache_lead = cache_shape[:-1]
+    strides, step = [], cache_shape[-1]
+    contiguous = []
+    for n in reversed(cache_lead):
+        contiguous.append(step)
+        step *= n
+    contiguous.reverse()
+    pad = len(lead) - len(cache_lead)
+    for i in range(len(lead)):
+        j = i - pad
+        strides.append(0 if j < 0 or cache_lead[j] == 1 else contiguous[j])
+    return strides
+
+
+def _contiguous_lead_dims(x_shape: tuple[int, ...], cache_shape: tuple[int, ...]) -> int:
+    """Merged leading axes for a contiguous ``x`` (the worst case the launcher meets)."""
+    lead = x_shape[:-1]
+    x_strides, step = [], x_shape[-1]
+    for n in reversed(lead):
+        x_strides.append(step)
+        step *= n
+    x_strides.reverse()
+    return len(_merge_dims(lead, x_strides, _broadcast_strides(cache_shape, lead)))
+
+
+@functools.cache
+def _triton_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rope_kernel(
+        X, COS, SIN, OUT, IA, IB,
+        R, S1, S2, S3,
+        XS0, XS1, XS2, XS3,
+        CS0, CS1, CS2, CS3,
+        W: tl.constexpr, D: tl.constexpr, MODE: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    ):  # fmt: skip
+        # One program rotates BLOCK_R rows of D channels; a row's cache row comes from its
+        # index over (up to) four leading axes, whose cache strides are 0 where it broadcasts.
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_ok = rows < R
+        r = rows
+        i3 = r % S3
+        r = r // S3
+        i2 = r % S2
+        r = r // S2
+        i1 = r % S1
+        i0 = r // S1
+        x_off = (
+            i0.to(tl.int64) * XS0 + i1.to(tl.int64) * XS1
+            + i2.to(tl.int64) * XS2 + i3.to(tl.int64) * XS3
+        )  # fmt: skip
+        c_off = (
+            i0.to(tl.int64) * CS0 + i1.to(tl.int64) * CS1
+            + i2.to(tl.int64) * CS2 + i3.to(tl.int64) * CS3
+        )  # fmt: skip
+        o_off = rows.to(tl.int64) * D
+        w = tl.arange(0, BLOCK_W)
+        w_ok = w < W
+        mask = row_ok[:, None] & w_ok[None, :]
+        c = tl.load(COS + c_off[:, None] + w[None, :], mask=mask, other=0.0).to(tl.float32)
+        s = tl.load(SIN + c_off[:, None] + w[None, :], mask=mask, other=0.0).to(tl.float32)
+        if MODE == 1:
+            # Interleaved: load whole rows, then split even/odd channels in registers.
+            cols = tl.arange(0, 2 * BLOCK_W)
+            cmask = row_ok[:, None] & (cols < D)[None, :]
+            xx = tl.load(X + x_off[:, None] + cols[None, :], mask=cmask, other=0.0)
+            a, b = tl.split(tl.reshape(xx.to(tl.float32), (BLOCK_R, BLOCK_W, 2)))
+            out = tl.reshape(tl.join(a * c - b * s, b * c + a * s), (BLOCK_R, 2 * BLOCK_W))
+            tl.store(OUT + o_off[:, None] + cols[None, :], out.to(OUT.dtype.element_ty), mask=cmask)
+        else:
+            if MODE == 0:
+                ia = w
+                ib = w + W
+            else:
+                ia = tl.load(IA + w, mask=w_ok, other=0)
+                ib = tl.load(IB + w, mask=w_ok, other=0)
+            a = tl.load(X + x_off[:, None] + ia[None, :], mask=mask, other=0.0).to(tl.float32)
+            b = tl.load(X + x_off[:, None] + ib[None, :], mask=mask, other=0.0).to(tl.float32)
+            ty = OUT.dtype.element_ty
+            tl.store(OUT + o_off[:, None] + ia[None, :], (a * c - b * s).to(ty), mask=mask)
+            tl.store(OUT + o_off[:, None] + ib[None, :], (b * c + a * s).to(ty), mask=mask)
+
+    wrap = getattr(torch.library, "wrap_triton", None)
+    # wrap_triton lets make_fx/aot_autograd trace the launch (dynamo handles it either way).
+    return (wrap(rope_kernel) if wrap is not None else rope_kernel), triton.next_power_of_2
+
+
+@functools.cache
+def _pair_index(sections: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Channel indices of the two members of each pair, for split-half blocks."""
+    first, second, start = [], [], 0
+    for d in sections:
+        half = d // 2
+        first += range(start, start + half)
+        second += range(start + half, start + d)
+        start += d
+    return (
+        torch.tensor(first, dtype=torch.int32, device=device),
+        torch.tensor(second, dtype=torch.int32, device=device),
+    )
+
+
+def _launch_config(d: int) -> tuple[int, int]:
+    """(rows per program, warps): about 4K channels per program."""
+    rows = max(1, min(64, 4096 // max(d, 1)))
+    return rows, 4 if d * rows <= 4096 else 8
+
+
+def _use_triton(device: torch.device) -> bool:
+    # The fused path runs Triton on CUDA; on CPU only under the Triton interpreter (tests).
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _launch(x: Tensor, cos: Tensor, sin: Tensor, sections: tuple[int, ...], pairing: str) -> Tensor:
+    """Rotate with the fused kernel (or, on CPU without the Triton interpreter, an emulation
+    that uses the kernel's strided addressing: it tests the layout logic without a GPU)."""
+    lead = tuple(x.shape[:-1])
+    # The kernel reads float32 cos/sin (the emulation keeps float64 for exact CPU tests).
+    cache_dtype = (
+        torch.float64 if cos.dtype == torch.float64 and x.dtype == torch.float64 else torch.float32
+    )
+    cos = cos.to(cache_dtype).contiguous()
+    sin = sin.to(cache_dtype).contiguous()
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    c_strides = _broadcast_strides(tuple(cos.shape), lead)
+    layout = _merge_dims(lead, list(x.stride()[:-1]), c_strides)
+    if len(layout) > MAX_LEAD_DIMS:
+        x = x.contiguous()
+        layout = _merge_dims(lead, list(x.stride()[:-1]), c_strides)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    layout = [(1, 0, 0)] * (MAX_LEAD_DIMS - len(layout)) + layout
+    sizes = [n for n, _, _ in layout]
+    x_strides = [s for _, s, _ in layout]
+    c_str = [s for _, _, s in layout]
+    d, w = x.shape[-1], cos.shape[-1]
+    if not _use_triton(x.device):
+        xv = x.as_strided((*sizes, d), (*x_strides, 1))  # keeps x's storage offset
+        cv = cos.as_strided((*sizes, w), (*c_str, 1))
+        sv = sin.as_strided((*sizes, w), (*c_str, 1))
+        return out.copy_(rope_reference(xv, cv, sv, sections, pairing).reshape(x.shape))
+    kernel, next_pow2 = _triton_kernel()
+    if pairing == "interleaved":
+        mode = _MODE_INTERLEAVED
+    elif len(sections) == 1:
+        mode = _MODE_SPLIT
+    else:
+        mode = _MODE_GATHER
+    ia, ib = _pair_index(tuple(sections), x.device)
+    rows = x.numel() // d
+    block_r, warps = _launch_config(d)
+    grid = (-(-rows // block_r),)
+    kernel[grid](
+        x, cos, sin, out, ia, ib,
+        rows, sizes[1], sizes[2], sizes[3],
+        *x_strides, *c_str,
+        W=w, D=d, MODE=mode, BLOCK_R=block_r, BLOCK_W=next_pow2(w), num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def _reduce_to(grad: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Sum a broadcast gradient back to ``shape`` (right-aligned broadcasting)."""
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(dim=tuple(range(extra)))
+    keep = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if keep:
+        grad = grad.sum(dim=keep, keepdim=True)
+    return grad
+
+
+def _cache_grads(
+    x: Tensor, g: Tensor, cache_shape: tuple[int, ...], sections: tuple[int, ...], pairing: str
+) -> tuple[Tensor, Tensor]:
+    """Gradients of ``⟨g, rope(x, cos, sin)⟩`` with respect to ``cos`` and ``sin``.
+
+    The rotation is linear in (cos, sin): with a pair (a, b), ``y_a = a·c − b·s`` and
+    ``y_b = b·c + a·s``, so ``∂/∂c = g_a·a + g_b·b`` and ``∂/∂s = g_b·a − g_a·b``.
+    """
+    ct = _compute_dtype(torch.promote_types(x.dtype, g.dtype))
+    x32, g32 = x.to(ct), g.to(ct)
+    if pairing == "interleaved":
+        xa, xb = x32[..., 0::2], x32[..., 1::2]
+        ga, gb = g32[..., 0::2], g32[..., 1::2]
+    else:
+        first, second, start = [], [], 0
+        for d in sections:
+            first.append(slice(start, start + d // 2))
+            second.append(slice(start + d // 2, start + d))
+            start += d
+        xa = torch.cat([x32[..., s] for s in first], dim=-1)
+        xb = torch.cat([x32[..., s] for s in second], dim=-1)
+        ga = torch.cat([g32[..., s] for s in first], dim=-1)
+        gb = torch.cat([g32[..., s] for s in second], dim=-1)
+    gc = _reduce_to(ga * xa + gb * xb, cache_shape)
+    gs = _reduce_to(gb * xa - ga * xb, cache_shape)
+    return gc, gs
+
+
+@torch.library.custom_op("subq::rope_apply", mutates_args=())
+def _rope_apply_op(
+    x: Tensor, cos: Tensor, sin: Tensor, sections: list[int], pairing: str
+) -> Tensor:
+    # An opaque op: torch.compile puts it in the graph without tracing into the launch (the
+    # lazy Triton import and kernel build must not be traced). Autograd and vmap live in
+    # _RopeFunction around it (a custom op's own autograd rule breaks torch.func.grad).
+    return _launch(x, cos, sin, tuple(sections), pairing)
+
+
+@_rope_apply_op.register_fake
+def _(x: Tensor, cos: Tensor, sin: Tensor, sections: list[int], pairing: str) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _op_setup_context(ctx, inputs, output):
+    x, cos, sin, sections, pairing = inputs
+    ctx.sections, ctx.pairing, ctx.cache_shape = tuple(sections), pairing, tuple(cos.shape)
+    ctx.save_for_backward(x, cos, sin)
+
+
+def _op_backward(ctx, grad):
+    return (*_rope_backward(ctx, grad), None, None)
+
+
+_rope_apply_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def _rope_backward(ctx, grad) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    x, cos, sin = ctx.saved_tensors
+    gx = gc = gs = None
+    if ctx.needs_input_grad[0]:
+        # The inverse rotation: the same kernel with the sines negated.
+        gx = rope_fused(grad, cos, -sin, ctx.sections, ctx.pairing)
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        gc, gs = _cache_grads(x, grad, ctx.cache_shape, ctx.sections, ctx.pairing)
+        gc, gs = gc.to(cos.dtype), gs.to(sin.dtype)
+    return gx, gc, gs
+
+
+class _RopeFunction(torch.autograd.Function):
+    """Fused rotary apply: differentiable in x and the cache, with a vmap rule that folds the
+    vmapped axis into the kernel's leading axes (so vmap keeps the fused path)."""
+
+    @staticmethod
+    def forward(x, cos, sin, sections, pairing):
+        return _rope_apply_op(x, cos, sin, list(sections), pairing)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, cos, sin, sections, pairing = inputs
+        ctx.sections, ctx.pairing = sections, pairing
+        ctx.cache_shape = tuple(cos.shape)
+        ctx.save_for_backward(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (*_rope_backward(ctx, grad), None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, x, cos, sin, sections, pairing):
+        x_dim, cos_dim, sin_dim = in_dims[:3]
+        size = info.batch_size
+        x = x.movedim(x_dim, 0) if x_dim is not None else x.expand(size, *x.shape)
+
+        def lead(t: Tensor, dim: int | None) -> Tensor:
+            if dim is None:
+                return t  # broadcasts right-aligned against x's new leading axis
+            t = t.movedim(dim, 0)
+            return t.reshape(size, *([1] * (x.ndim - t.ndim)), *t.shape[1:])
+
+        cos, sin = lead(cos, cos_dim), lead(sin, sin_dim)
+        if cos.shape != sin.shape:
+            cos, sin = torch.broadcast_tensors(cos, sin)
+        return rope_fused(x, cos, sin, sections, pairing), 0
+
+
+def rope_fused(x: Tensor, cos: Tensor, sin: Tensor, sections: tuple[int, ...], pairing: str):
+    """The fused backend (CUDA; on CPU an emulation used to test the plumbing)."""
+    if _contiguous_lead_dims(tuple(x.shape), tuple(cos.shape)) > MAX_LEAD_DIMS:
+        return rope_reference(x, cos, sin, sections, pairing)
+    if torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        # Compiled functorch transforms (compile of grad/vmap) cannot trace a custom op's
+        # autograd; Inductor fuses the plain formula there instead.
+        return rope_reference(x, cos, sin, sections, pairing)
+    return _RopeFunction.apply(x, cos, sin, tuple(sections), pairing)
+
+
+def _triton_check(facts: Mapping[str, Any]) -> str | None:
+    reason = module_available("triton")
+    if reason is not None:
+        return reason
+    if facts["dtype"] not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {facts['dtype']} (the kernel takes float16/bfloat16/float32)"
+    if facts["pairing"] == "nvsubquadratic":
+        return "pairing 'nvsubquadratic' (compatibility numerics) has no fused kernel"
+    if facts.get("rot_dim", facts.get("head_dim")) != facts.get("head_dim"):
+        return "partial rotary (rot_dim < head_dim)"
+    x_shape, cache_shape = facts.get("x_shape"), facts.get("cache_shape")
+    if x_shape is not None and cache_shape is not None:
+        n = _contiguous_lead_dims(tuple(x_shape), tuple(cache_shape))
+        if n > MAX_LEAD_DIMS:
+            return f"{n} independent leading axes (the kernel addresses at most {MAX_LEAD_DIMS})"
+    return None
 
 
 rope_op = Op(
     "rope",
-    [*_triton_backend(), Backend("reference", rope_reference)],
-    example_facts={"dtype": torch.bfloat16, "pairing": "split_half", "n_sections": 1},
+    [
+        Backend("triton", rope_fused, devices=("cuda",), check=_triton_check),
+        Backend("reference", rope_reference),
+    ],
+    example_facts={
+        "dtype": torch.bfloat16,
+        "pairing": "split_half",
+        "head_dim": 128,
+        "rot_dim": 128,
+        "x_shape": (8, 4096, 32, 128),
+        "cache_shape": (4096, 1, 64),
+    },
 )
