@@ -326,6 +326,14 @@ def kernel_mask(
     return torch.exp(-0.5 * ratio.square().sum(-2))
 
 
+def _film(h: Tensor, film: tuple[Tensor, Tensor] | None, nk: int) -> Tensor:
+    """FiLM of the first hidden layer: ``h (1 + γ) + β`` with per-sample ``γ, β`` ``[B, hidden]``."""
+    if film is None:
+        return h
+    scale, shift = (t.to(h.dtype).reshape(t.shape[0], *([1] * nk), t.shape[-1]) for t in film)
+    return h * (1 + scale) + shift
+
+
 @shapecheck
 def kernel_net(
     params: KernelNetParams,
@@ -333,27 +341,35 @@ def kernel_net(
     *,
     cfg: KernelNetConfig,
     buffers: KernelNetBuffers | None = None,
-) -> Float[Tensor, "*k c"]:
-    """The network (without mask) at ``coords``."""
+    film: tuple[Tensor, Tensor] | None = None,
+) -> Float[Tensor, "..."]:
+    """The network (without mask) at ``coords``: ``[*K, C]``, or ``[B, *K, C]`` with ``film``.
+
+    ``film`` = ``(γ, β)``, each ``[B, hidden]``, modulates the first hidden layer per sample.
+    """
     p = coords
+    nk = coords.ndim - 1
     if cfg.kind == "hyena":
         freqs = torch.arange(1, cfg.bands + 1, device=p.device, dtype=p.dtype) * math.pi
         angles = p.unsqueeze(-1) * freqs  # [*k, nd, bands]
         h = torch.cat([p, angles.cos().flatten(-2), angles.sin().flatten(-2)], dim=-1)
         for i, layer in enumerate(params.layers[:-1]):
             h = torch.sin(params.sin_freq[i].to(h.dtype) * _linear(layer, h))
+            h = _film(h, film, nk) if i == 0 else h
     elif cfg.kind == "siren":
         h = p
         for i, layer in enumerate(params.layers[:-1]):
             omega = cfg.omega_0 if i == 0 else cfg.hidden_omega_0
             h = torch.sin(omega * _linear(layer, h))
+            h = _film(h, film, nk) if i == 0 else h
     else:
         if buffers is None or buffers.rff_freqs is None:
             raise ValueError("kernel_net: kind='rff' needs buffers with rff_freqs, got None")
         angles = 2 * math.pi * (p @ buffers.rff_freqs.to(p.dtype))
         h = torch.cat([angles.cos(), angles.sin()], dim=-1)
-        for layer in params.layers[:-1]:
+        for i, layer in enumerate(params.layers[:-1]):
             h = F.gelu(_linear(layer, h))
+            h = _film(h, film, nk) if i == 0 else h
     return _linear(params.layers[-1], h)
 
 
@@ -365,8 +381,11 @@ def implicit_kernel(
     *,
     cfg: KernelNetConfig,
     buffers: KernelNetBuffers | None = None,
-) -> Float[Tensor, "c *k"]:
+    film: tuple[Tensor, Tensor] | None = None,
+) -> Float[Tensor, "..."]:
     """The per-channel kernel ``[C, *K]`` for inputs of ``sizes`` under ``modes`` (net × mask).
+
+    With ``film`` (see :func:`kernel_net`) the kernel is per sample, ``[B, C, *K]``.
 
     The kernel has the tap layout :func:`subq.functional.fftconv.fft_conv` expects for the
     modes: ``N`` taps (causal, circular) or ``2N − 1`` (zero) per axis.
@@ -387,6 +406,6 @@ def implicit_kernel(
     )
     # The kernel feeds float32 spectral math: keep autocast from generating it in bfloat16.
     with torch.autocast(coords.device.type, enabled=False):
-        net = kernel_net(params, coords, cfg=cfg, buffers=buffers)
+        net = kernel_net(params, coords, cfg=cfg, buffers=buffers, film=film)
         k = net * kernel_mask(params, coords, cfg=cfg)
-    return k.movedim(-1, 0)
+    return k.movedim(-1, 0 if film is None else 1)
