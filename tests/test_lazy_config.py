@@ -331,6 +331,43 @@ def test_data_forms_of_dtypes_enums_and_attrs_configs():
     assert instantiate(spec)[1]["cfg"] == cfg
 
 
+def test_functools_partial_values_are_stored_as_partial_specs():
+    from subq import init
+
+    spec = LazyConfig(collect)(
+        init_fn=init.partial_wang_init_fn_with_num_layers(4),
+        pos=functools.partial(collect, 1, k=2),
+    )
+    assert spec["init_fn"] == {
+        "_target_": "subq.init.wang_init",
+        "_partial_": True,
+        "num_layers": 4,
+    }
+    assert spec["pos"] == {
+        "_target_": f"{HERE}.collect",
+        "_partial_": True,
+        "_args_": [1],
+        "k": 2,
+    }
+    (_, named) = instantiate(from_json(to_json(spec)))
+    assert isinstance(named["init_fn"], functools.partial)
+    generator = torch.Generator().manual_seed(0)
+    got = named["init_fn"](16)(torch.empty(8), generator=generator)
+    want = init.wang_init(16, 4)(torch.empty(8), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got, want)
+    assert named["pos"](3) == ((1, 3), {"k": 2})
+
+
+def test_init_factory_closures_are_written_as_function_specs():
+    # trunc_normal_init_factory(0.02) returns a closure (no dotted path); its spec is the call.
+    from subq import init
+
+    spec = LazyConfig(collect)(init_fn=LazyConfig(init.trunc_normal_init_factory)(std=0.02))
+    (_, named) = instantiate(from_json(to_json(spec)))
+    tensor = named["init_fn"](64)(torch.empty(1000), generator=torch.Generator().manual_seed(0))
+    assert tensor.abs().max() <= 0.04
+
+
 def test_to_json_names_the_key_that_has_no_data_form():
     spec = LazyConfig(collect)(inner={"weights": [1, torch.zeros(2)]})
     (_, named) = instantiate(spec)  # usable in Python

@@ -28,8 +28,9 @@ by a parent's overrides; building a spec in which one is left raises a ``ValueEr
 key path. Placeholders inside nested specs handed over unbuilt are the parent's to fill.
 
 When ``LazyConfig(...)`` is called, argument values are stored as data where possible: classes,
-functions and ``torch.dtype`` values become ``_call_: false`` references, enum members and attrs
-instances (e.g. an ``RMSNormConfig``) become specs that rebuild them. Anything else (a tensor, a
+functions and ``torch.dtype`` values become ``_call_: false`` references; ``functools.partial``
+objects, enum members and attrs instances (e.g. an ``RMSNormConfig``) become specs that rebuild
+them. Anything else (a tensor, a
 closure, a built module) is kept as the object: the spec still instantiates, but :func:`to_json`
 refuses it and names its key. JSON has no tuples: they come back from JSON and YAML as lists.
 """
@@ -190,6 +191,15 @@ def _encode(value: Any) -> Any:
         return [_encode(item) for item in value]
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return tuple(_encode(item) for item in value)
+    if isinstance(value, functools.partial):
+        name = _dotted_name(value.func)
+        if name is None:
+            return value
+        spec: dict[str, Any] = {"_target_": name, "_partial_": True}
+        if value.args:
+            spec["_args_"] = [_encode(a) for a in value.args]
+        spec.update((key, _encode(item)) for key, item in value.keywords.items())
+        return spec
     if isinstance(value, torch.dtype) or isinstance(value, type) or inspect.isroutine(value):
         name = _dotted_name(value)
         return value if name is None else {"_target_": name, "_call_": False}
@@ -200,7 +210,7 @@ def _encode(value: Any) -> Any:
         name = _dotted_name(type(value))
         if name is None:
             return value
-        spec: dict[str, Any] = {"_target_": name}
+        spec = {"_target_": name}
         for field in attrs.fields(type(value)):
             if field.init:
                 spec[field.alias] = _encode(getattr(value, field.name))
