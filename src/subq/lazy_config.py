@@ -349,12 +349,13 @@ def _resolve(raw: Any, path: str) -> Any:
     )
 
 
-def _build_value(value: Any, recursive: bool, path: str) -> Any:
+def _build_value(value: Any, recursive: bool, path: str, owner: str) -> Any:
+    """Build one argument value; ``owner`` names the target it is an argument of."""
     if isinstance(value, str):
         if value == PLACEHOLDER:
             raise ValueError(
-                f"instantiate: {path!r} is still PLACEHOLDER ({PLACEHOLDER!r}); set it in the "
-                "spec or pass it as a keyword override"
+                f"instantiate: {path!r} (in the arguments of {owner}) is still PLACEHOLDER "
+                f"({PLACEHOLDER!r}); set it in the spec or pass it as a keyword override"
             )
         return value
     if isinstance(value, LazyConfig):
@@ -365,11 +366,18 @@ def _build_value(value: Any, recursive: bool, path: str) -> Any:
             return _copy(value)  # the parent module completes and builds it
         return _build(value, None, {}, recursive, path, target)
     if isinstance(value, Mapping):
-        return {key: _build_value(item, recursive, _join(path, key)) for key, item in value.items()}
+        return {
+            key: _build_value(item, recursive, _join(path, key), owner)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [_build_value(item, recursive, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [
+            _build_value(item, recursive, f"{path}[{i}]", owner) for i, item in enumerate(value)
+        ]
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_build_value(item, recursive, f"{path}[{i}]") for i, item in enumerate(value))
+        return tuple(
+            _build_value(item, recursive, f"{path}[{i}]", owner) for i, item in enumerate(value)
+        )
     return value
 
 
@@ -431,11 +439,11 @@ def _build(
     kwargs.update(overrides)
     _check_call(target, call_args, kwargs, path, partial)
     built_args = tuple(
-        _build_value(value, recursive, _join(path, f"_args_[{i}]"))
+        _build_value(value, recursive, _join(path, f"_args_[{i}]"), name)
         for i, value in enumerate(call_args)
     )
     built_kwargs = {
-        key: _build_value(value, recursive, _join(path, key)) for key, value in kwargs.items()
+        key: _build_value(value, recursive, _join(path, key), name) for key, value in kwargs.items()
     }
     if partial:
         return functools.partial(target, *built_args, **built_kwargs)
