@@ -1,0 +1,408 @@
+"""Softmax attention: every backend against an independent naive oracle, in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from subq.functional.attention import (
+    AttentionConfig,
+    AttentionMixerConfig,
+    AttentionMixerParams,
+    attention,
+    attention_flop_count,
+    attention_mixer,
+    init_attention,
+    multi_head_attention,
+    multi_head_attention_flop_count,
+)
+from subq.nn.attention import Attention, AttentionMixer
+from subq.testing import (
+    assert_causal,
+    assert_close_rel,
+    assert_compiles,
+    assert_shell_matches_functional,
+    assert_vmap_matches_loop,
+)
+from subq.testing.strategies import randn
+
+BACKENDS = ["standard", "memory_efficient", "flash"]
+
+
+def oracle(q, k, v, allowed, bias=None, scale=None, softcap=None):
+    """Written independently of subq: repeated K/V, full [B, H, T, S] scores, softmax."""
+    heads, kvh = q.shape[1], k.shape[1]
+    k = k.repeat_interleave(heads // kvh, dim=1)
+    v = v.repeat_interleave(heads // kvh, dim=1)
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = torch.einsum("bhtd,bhsd->bhts", q, k) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    if bias is not None:
+        s = s + bias
+    s = s.masked_fill(~allowed, float("-inf"))
+    w = torch.softmax(s, dim=-1)
+    w = torch.where(allowed.any(-1, keepdim=True), w, torch.zeros_like(w))
+    return torch.einsum("bhts,bhsd->bhtd", w, v)
+
+
+def qkv(b=2, h=4, kvh=2, t=11, s=11, d=8, seed=0, dtype=torch.float64):
+    return (
+        randn(b, h, t, d, seed=seed, dtype=dtype),
+        randn(b, kvh, s, d, seed=seed + 1, dtype=dtype),
+        randn(b, kvh, s, d, seed=seed + 2, dtype=dtype),
+    )
+
+
+def grid(t, s, offset):
+    qp = torch.arange(t)[:, None] + offset
+    kp = torch.arange(s)[None, :]
+    return qp, kp
+
+
+def run_all(q, k, v, expected, **opts):
+    for backend in BACKENDS:
+        out = attention(q, k, v, backend=backend, block_size=4, **opts)
+        assert_close_rel(expected, out, 1e-12, what=f"{backend} {sorted(opts)}")
+
+
+@pytest.mark.parametrize("t,s", [(11, 11), (5, 11), (11, 5)])
+@pytest.mark.parametrize("alignment", ["bottom_right", "top_left"])
+def test_causal_and_window_alignment(t, s, alignment):
+    q, k, v = qkv(t=t, s=s)
+    qp, kp = grid(t, s, s - t if alignment == "bottom_right" else 0)
+    run_all(
+        q, k, v, oracle(q, k, v, (kp <= qp).expand(2, 4, t, s)), causal=True, alignment=alignment
+    )
+    allowed = (kp <= qp) & (qp - kp < 3)
+    run_all(
+        q,
+        k,
+        v,
+        oracle(q, k, v, allowed.expand(2, 4, t, s)),
+        causal=True,
+        window=3,
+        alignment=alignment,
+    )
+    allowed = (qp - kp).abs() < 2
+    run_all(q, k, v, oracle(q, k, v, allowed.expand(2, 4, t, s)), window=2, alignment=alignment)
+
+
+def test_padding_mask_past_one_block():
+    # The reference crashes when a (B, 1, 1, S) padding mask spans more than one block.
+    q, k, v = qkv(t=13, s=13)
+    keep = torch.ones(2, 13, dtype=torch.bool)
+    keep[0, 9:] = False
+    keep[1, :6] = False
+    qp, kp = grid(13, 13, 0)
+    allowed = (kp <= qp)[None, None] & keep[:, None, None, :]
+    expected = oracle(q, k, v, allowed.expand(2, 4, 13, 13))
+    run_all(q, k, v, expected, causal=True, key_padding_mask=keep)
+    run_all(q, k, v, expected, causal=True, mask=keep[:, None, None, :])
+    # Batch 1 has rows 0..5 with no visible key: zeros, not NaN or mean(V).
+    out = attention(
+        q, k, v, causal=True, key_padding_mask=keep, backend="memory_efficient", block_size=4
+    )
+    assert out[1, :, :6].abs().max() == 0
+
+
+def test_segments_prefix_bias_alibi_softcap():
+    t = 10
+    q, k, v = qkv(t=t, s=t)
+    qp, kp = grid(t, t, 0)
+    seg = torch.tensor([[0] * 4 + [1] * 6, [0] * 7 + [1] * 3])
+    same = seg[:, :, None] == seg[:, None, :]
+    causal = kp <= qp
+    run_all(
+        q,
+        k,
+        v,
+        oracle(q, k, v, (causal & same)[:, None].expand(2, 4, t, t)),
+        causal=True,
+        segment_ids=seg,
+    )
+    prefix = torch.tensor([3, 6])
+    pl = causal | (kp < prefix[:, None, None])
+    run_all(
+        q, k, v, oracle(q, k, v, pl[:, None].expand(2, 4, t, t)), causal=True, prefix_length=prefix
+    )
+    bias = randn(1, 4, t, t, seed=5)
+    run_all(q, k, v, oracle(q, k, v, causal.expand(2, 4, t, t), bias=bias), causal=True, bias=bias)
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625], dtype=torch.float64)
+    alibi = -slopes[:, None, None] * (qp - kp).abs()
+    run_all(
+        q,
+        k,
+        v,
+        oracle(q, k, v, causal.expand(2, 4, t, t), bias=alibi),
+        causal=True,
+        alibi_slopes=slopes,
+    )
+    # Soft-capping is not expressible in SDPA: standard and memory_efficient only.
+    expected = oracle(q, k, v, causal.expand(2, 4, t, t), softcap=0.7, scale=2.0)
+    for backend in ("standard", "memory_efficient"):
+        out = attention(q, k, v, causal=True, softcap=0.7, scale=2.0, backend=backend, block_size=3)
+        assert_close_rel(expected, out, 1e-12)
+    with pytest.raises(ValueError, match="softcap"):
+        attention(q, k, v, causal=True, softcap=0.7, backend="flash")
+
+
+def test_explicit_positions_match_implicit():
+    q, k, v = qkv(t=4, s=9)
+    implicit = attention(q, k, v, causal=True, window=3)
+    pos_q = torch.arange(5, 9).expand(2, 4)
+    pos_k = torch.arange(9).expand(2, 9)
+    for backend in BACKENDS:
+        explicit = attention(
+            q,
+            k,
+            v,
+            causal=True,
+            window=3,
+            query_positions=pos_q,
+            key_positions=pos_k,
+            backend=backend,
+            block_size=2,
+        )
+        assert_close_rel(implicit, explicit, 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["memory_efficient", "flash"])
+def test_gradients_match_standard(backend):
+    q, k, v = qkv(t=9, s=9)
+    keep = torch.ones(2, 9, dtype=torch.bool)
+    keep[1, :3] = False
+    bias = randn(2, 1, 9, 9, seed=9)
+    cot = randn(2, 4, 9, 8, seed=10)
+
+    def grads(name):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v, bias)]
+        out = attention(
+            *leaves[:3],
+            causal=True,
+            window=5,
+            key_padding_mask=keep,
+            bias=leaves[3],
+            backend=name,
+            block_size=4,
+        )
+        return torch.autograd.grad((out * cot).sum(), leaves)
+
+    ref = grads("standard")
+    got = grads(backend)
+    assert_close_rel(ref, got, 1e-11, what="grads")
+    assert all(torch.isfinite(g).all() for g in got)
+
+
+def test_dropout_reproducible_and_backend_independent():
+    q, k, v = qkv(t=12, s=12)
+    outs = [
+        attention(q, k, v, causal=True, dropout_p=0.3, dropout_seed=123, backend=b, block_size=5)
+        for b in ("standard", "memory_efficient")
+    ]
+    assert_close_rel(outs[0], outs[1], 1e-12)
+    again = attention(q, k, v, causal=True, dropout_p=0.3, dropout_seed=123)
+    assert torch.equal(outs[0], again)
+    other = attention(q, k, v, causal=True, dropout_p=0.3, dropout_seed=124)
+    assert not torch.allclose(outs[0], other)
+    # The drop fraction: with v = identity rows the weights are observable directly.
+    big_q = randn(1, 1, 64, 4, seed=1)
+    eye = torch.eye(64, dtype=torch.float64)[None, None]
+    w = attention(big_q, big_q, eye, dropout_p=0.25, dropout_seed=7)
+    frac = (w == 0).double().mean().item()
+    assert abs(frac - 0.25) < 0.02, frac
+    with pytest.raises(ValueError, match="dropout_seed"):
+        attention(q, k, v, dropout_p=0.1)
+    with pytest.raises(ValueError, match="dropout"):
+        attention(q, k, v, dropout_p=0.1, dropout_seed=1, backend="flash")
+
+
+def test_channels_last_layout():
+    q, k, v = qkv()
+    out = attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, layout="bthd"
+    )
+    assert_close_rel(attention(q, k, v, causal=True), out.transpose(1, 2), 1e-14)
+
+
+def test_causality_by_perturbation_and_gradient():
+    k_w = randn(8, 8, seed=3)
+    for backend in BACKENDS:
+
+        def f(x, backend=backend):
+            # x [B, T, 8] -> heads 2 x 4, q = x, k = x W, v = x
+            b, t, _ = x.shape
+            q = x.reshape(b, t, 2, 4).transpose(1, 2)
+            k = (x @ k_w).reshape(b, t, 2, 4).transpose(1, 2)
+            out = attention(q, k, q, causal=True, backend=backend, block_size=3)
+            return out.transpose(1, 2).reshape(b, t, 8)
+
+        assert_causal(f, randn(2, 10, 8, seed=4), time_axis=1)
+
+
+def test_bf16_error_bound():
+    q, k, v = qkv(t=64, s=64, d=32)
+    ref = attention(q, k, v, causal=True)
+    for backend in BACKENDS:
+        out = attention(
+            *(x.bfloat16() for x in (q, k, v)), causal=True, backend=backend, block_size=16
+        )
+        assert out.dtype == torch.bfloat16
+        # bf16 inputs carry a relative rounding of 2^-9; documented bound 1e-2.
+        assert_close_rel(ref, out.double(), 1e-2)
+
+
+def test_bad_input_errors():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="kv_heads"):
+        attention(q, randn(2, 3, 11, 8, seed=0), randn(2, 3, 11, 8, seed=0))
+    with pytest.raises(ValueError, match="head_dim"):
+        attention(q, randn(2, 2, 11, 4, seed=0), v)
+    with pytest.raises(ValueError, match="window"):
+        attention(q, k, v, window=0)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        attention(q, k, v, key_padding_mask=torch.ones(2, 10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask"):
+        attention(q, k, v, mask=torch.ones(2, 3, 11, 11, dtype=torch.bool))
+    with pytest.raises(ValueError, match="backend"):
+        attention(q, k, v, backend="pallas")
+    with pytest.raises(ValueError, match="alibi_slopes"):
+        attention(q, k, v, alibi_slopes=torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        AttentionConfig(dim=16, num_heads=4, num_kv_heads=3)
+
+
+def test_compiles_without_graph_breaks():
+    q, k, v = qkv(t=9, s=9)
+    keep = torch.ones(2, 9, dtype=torch.bool)
+    keep[0, 7:] = False
+    for backend in BACKENDS:
+
+        def f(q, k, v, keep, backend=backend):
+            return attention(
+                q, k, v, causal=True, window=4, key_padding_mask=keep, backend=backend, block_size=4
+            )
+
+        assert_compiles(f, q, k, v, keep)
+
+        def plain(q, k, v, backend=backend):
+            return attention(q, k, v, causal=True, backend=backend, block_size=4)
+
+        assert_compiles(plain, q, k, v)
+
+
+def test_vmap_over_an_ensemble_equals_loop():
+    q, k, v = qkv(t=6, s=6)
+    qs = torch.stack([q, q * 0.5, q * 2.0])
+    for backend in BACKENDS:
+
+        def f(q, k, v, backend=backend):
+            return attention(q, k, v, causal=True, backend=backend, block_size=4)
+
+        assert_vmap_matches_loop(f, (qs, k, v), (0, None, None), rtol=1e-12)
+
+
+def _layer_cfgs():
+    yield AttentionConfig(dim=16, num_heads=4, causal=True)
+    yield AttentionConfig(
+        dim=16,
+        num_heads=4,
+        num_kv_heads=2,
+        causal=True,
+        pos_emb="rope",
+        qk_norm="rms",
+        fused_qkv=False,
+        qkv_bias=True,
+        out_bias=True,
+    )
+    yield AttentionConfig(
+        dim=16,
+        num_heads=4,
+        num_kv_heads=1,
+        causal=True,
+        window=3,
+        qk_norm="l2",
+        attention_type="memory_efficient",
+        attention_block_size=3,
+    )
+    yield AttentionConfig(
+        dim=16,
+        num_heads=2,
+        qk_norm="l2",
+        learnable_qk_scale=False,
+        pos_emb="rope",
+        attention_type="flash",
+    )
+
+
+@pytest.mark.parametrize("cfg", list(_layer_cfgs()), ids=lambda c: f"{c.qk_norm}-{c.pos_emb}")
+def test_attention_shell_matches_functional(cfg):
+    shell = Attention(cfg, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = randn(2, 7, 16, seed=1)
+    assert_shell_matches_functional(shell, multi_head_attention, x, rtol=1e-12, cfg=cfg)
+    if cfg.causal:
+        assert_causal(lambda x: shell(x), x, time_axis=1)
+
+
+def test_multi_head_attention_matches_manual_composition():
+    cfg = AttentionConfig(dim=12, num_heads=3, causal=True)
+    p = init_attention(cfg, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = randn(2, 5, 12, seed=2)
+    q, k, v = (x @ p.qkv_weight.T).split(12, dim=-1)
+    heads = lambda t: t.reshape(2, 5, 3, 4).transpose(1, 2)  # noqa: E731
+    qp, kp = grid(5, 5, 0)
+    o = oracle(heads(q), heads(k), heads(v), (kp <= qp).expand(2, 3, 5, 5))
+    expected = o.transpose(1, 2).reshape(2, 5, 12) @ p.out_weight.T
+    assert_close_rel(expected, multi_head_attention(p, x, cfg=cfg), 1e-12)
+
+
+def test_flop_counts():
+    assert attention_flop_count(2, 4, 3) == 2 * 2 * 9 * 8
+    assert attention_flop_count(2, 4, 3, causal=True) == 2 * 2 * 6 * 8
+    assert attention_flop_count(1, 1, 4, causal=True, window=2) == 2 * 7 * 2
+    cfg = AttentionConfig(dim=8, num_heads=2)
+    assert multi_head_attention_flop_count(cfg, (5,)) == 8 * 5 * 64 + attention_flop_count(2, 4, 5)
+    assert Attention(cfg).flop_count((5,)) == multi_head_attention_flop_count(cfg, (5,))
+
+
+def test_attention_mixer_protocol_and_nd_rope():
+    mixer = AttentionMixer(hidden_dim=16, num_heads=2, pos_emb="rope", dtype=torch.float64)
+    q, k, v = (randn(2, 3, 4, 16, seed=s) for s in range(3))
+    y = mixer(q, k, v, None, conditioning=torch.ones(2, 5))
+    assert y.shape == q.shape
+    assert_close_rel(attention_mixer(mixer.params(), q, k, v, cfg=mixer.cfg), y, 0.0)
+    with pytest.raises(NotImplementedError, match="context parallelism"):
+        mixer(q, k, v, object())
+    # Without RoPE, attention over the flattened grid is permutation-equivariant.
+    plain = AttentionMixerConfig(hidden_dim=16, num_heads=2)
+    out = attention_mixer(AttentionMixerParams(), q, k, v, cfg=plain)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+
+    def shuffle(t):
+        return t.reshape(2, 12, 16)[:, perm].reshape(2, 3, 4, 16)
+
+    assert_close_rel(
+        shuffle(out),
+        attention_mixer(AttentionMixerParams(), shuffle(q), shuffle(k), shuffle(v), cfg=plain),
+        1e-12,
+    )
+    # With N-D RoPE, a shift of the grid leaves the output shifted (relative positions).
+    causal = AttentionMixer(
+        hidden_dim=16, num_heads=2, causal=True, pos_emb="rope", dtype=torch.float64
+    )
+    x = randn(2, 9, 16, seed=5)
+    assert_causal(lambda x: causal(x, x, x), x, time_axis=1)
+    assert causal.flop_count((9,)) == attention_flop_count(2, 8, 9, causal=True)
+
+
+def test_attention_mixer_in_a_qkv_mixer_style_composition():
+    # The protocol QKVSequenceMixer relies on: hidden_dim keyword, (q, k, v, cp_group, **kw).
+    mixer = AttentionMixer(hidden_dim=8, num_heads=2, qk_norm="rms", dtype=torch.float64)
+    names = {name for name, _ in mixer.named_parameters()}
+    assert names == {"q_norm_weight", "k_norm_weight"}
+    q, k, v = (randn(1, 5, 8, seed=s) for s in range(3))
+    assert_shell_matches_functional(
+        mixer, lambda p, q, k, v: attention_mixer(p, q, k, v, cfg=mixer.cfg), q, k, v, rtol=1e-12
+    )
