@@ -210,11 +210,6 @@ def test_l2_norm_matches_formula_and_reference_defaults():
     torch.testing.assert_close(qn, kn, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="l2_norm (functional/norm.py) computes in float32 even for float64 inputs (x.float()), "
-    "so float64 results carry ~1e-7 relative error; the ops references use float64 for float64",
-)
 def test_l2_norm_float64_is_exact():
     x = randn(4, 6, seed=28)
     expected = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
@@ -328,10 +323,10 @@ def test_shell_state_dict_keys():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"dim": 0}, ValueError, r"Config\.dim: expected > 0, got 0"),
-        ({"dim": -3}, ValueError, r"Config\.dim: expected > 0, got -3"),
+        ({"dim": 0}, ValueError, r"Config\.dim: expected a positive number, got 0"),
+        ({"dim": -3}, ValueError, r"Config\.dim: expected a positive number, got -3"),
         ({"dim": "8"}, TypeError, "'dim' must be <class 'int'>"),
-        ({"dim": 4, "eps": 0.0}, ValueError, r"Config\.eps: expected > 0, got 0\.0"),
+        ({"dim": 4, "eps": 0.0}, ValueError, r"Config\.eps: expected a positive number, got 0\.0"),
         ({"dim": 4, "affine": "yes"}, TypeError, "'affine' must be <class 'bool'>"),
         ({"dim": 4, "num_heads": 0}, ValueError, "num_heads: expected a positive int or None"),
         ({"dim": 4, "num_heads": 2.0}, ValueError, "num_heads: expected a positive int or None"),
@@ -347,11 +342,6 @@ def test_config_errors_name_the_field(cls, kwargs, error, message):
         cls(**kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_NormConfig.eps uses converter=float, so a non-numeric eps raises float()'s "
-    "'could not convert string to float' without naming the field (functional/norm.py)",
-)
 def test_config_error_for_non_numeric_eps_names_the_field():
     with pytest.raises(ValueError, match="eps"):
         RMSNormConfig(dim=4, eps="small")
@@ -366,3 +356,11 @@ def test_weight_shape_mismatch_names_both_shapes():
         rms_norm(RMSNormParams(torch.ones(4)), torch.ones(2, 5))
     with pytest.raises(ValueError, match=r"layer_norm: .*weight shape \(2, 4\)"):
         layer_norm(LayerNormParams(torch.ones(2, 4)), torch.ones(3, 3, 4))
+
+
+@pytest.mark.parametrize("cls", [RMSNormConfig, LayerNormConfig])
+def test_config_rejects_bool_for_numbers(cls):
+    with pytest.raises(ValueError, match=r"Config\.dim: expected a positive number, got True"):
+        cls(dim=True)
+    with pytest.raises(ValueError, match=r"Config\.eps: expected a positive number, got True"):
+        cls(dim=4, eps=True)

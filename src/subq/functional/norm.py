@@ -38,9 +38,10 @@ def l2_norm(x: Float[Tensor, "..."], dim: int = -1, eps: float = 1e-12) -> Float
         >>> l2_norm(torch.tensor([3.0, 4.0]))
         tensor([0.6000, 0.8000])
     """
-    x32 = x.float()
-    norm = torch.linalg.vector_norm(x32, dim=dim, keepdim=True)
-    return (x32 / norm.clamp_min(eps)).to(x.dtype)
+    # At least float32 (float64 stays float64, so float64 oracles are exact).
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    norm = torch.linalg.vector_norm(xf, dim=dim, keepdim=True)
+    return (xf / norm.clamp_min(eps)).to(x.dtype)
 
 
 def apply_qk_norm(
@@ -55,8 +56,11 @@ def apply_qk_norm(
 
 
 def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{type(instance).__name__}.{attribute.name}: expected > 0, got {value!r}")
+    # bool is an int subclass: reject it explicitly so dim=True is not read as 1.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(
+            f"{type(instance).__name__}.{attribute.name}: expected a positive number, got {value!r}"
+        )
 
 
 def _optional_positive_int(instance: object, attribute: attrs.Attribute, value: int | None) -> None:
@@ -72,7 +76,7 @@ class _NormConfig:
     """Fields shared by RMSNorm and LayerNorm configs."""
 
     dim: int = attrs.field(validator=[v.instance_of(int), _positive])
-    eps: float = attrs.field(default=1e-6, converter=float, validator=_positive)
+    eps: float = attrs.field(default=1e-6, validator=_positive)
     affine: bool = attrs.field(default=True, validator=v.instance_of(bool))
     channels_first: bool = attrs.field(default=False, validator=v.instance_of(bool))
     num_heads: int | None = attrs.field(default=None, validator=_optional_positive_int)
@@ -102,7 +106,7 @@ class LayerNormConfig(_NormConfig):
         bias: learn a bias as well as the weight (only with ``affine``).
     """
 
-    eps: float = attrs.field(default=1e-5, converter=float, validator=_positive)
+    eps: float = attrs.field(default=1e-5, validator=_positive)
     bias: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 
