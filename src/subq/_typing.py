@@ -101,8 +101,7 @@ def _check_params_fields(value: Any, where: str) -> None:
         if isinstance(field_value, Tensor):
             if ann is not None and not isinstance(field_value, ann):
                 raise TypeError(
-                    f"{where}.{name}: expected {ann.dtype if hasattr(ann, 'dtype') else ''}"
-                    f"[{ann.dim_str}] consistent with the other arguments, "
+                    f"{where}.{name}: expected {ann.__name__} consistent with the other arguments, "
                     f"got {field_value.dtype} tensor of shape {tuple(field_value.shape)}"
                 )
         else:

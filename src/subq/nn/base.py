@@ -25,6 +25,9 @@ class Shell(nn.Module):
     implements ``forward`` by calling the pure function with ``self.params()``. A nested field may
     also be filled by a specialised shell: pass it in ``children`` and it replaces the generic
     holder (its own ``params()`` is then used).
+
+    ``parameters()`` order is module order (a module's own parameters before its children's), not
+    pytree leaf order: match leaves by key (``subq.params_to_flat``), never by zipping.
     """
 
     def __init__(self, params: Any, children: dict[str, nn.Module] | None = None) -> None:
