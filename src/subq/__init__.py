@@ -25,6 +25,14 @@ from subq.functional.norm import (
     layer_norm,
     rms_norm,
 )
+from subq.init import (
+    partial_wang_init_fn_with_num_layers,
+    small_init,
+    trunc_normal_init,
+    trunc_normal_init_factory,
+    wang_init,
+)
+from subq.lazy_config import PLACEHOLDER, LazyConfig, instantiate
 from subq.nn.base import Shell
 from subq.nn.norm import L2Norm, LayerNorm, RMSNorm
 from subq.ops.capabilities import cuda_supports_quack
@@ -33,10 +41,12 @@ from subq.testing.assertions import compute_relative_error
 __version__ = "0.1.0"
 
 __all__ = [
+    "PLACEHOLDER",
     "L2Norm",
     "LayerNorm",
     "LayerNormConfig",
     "LayerNormParams",
+    "LazyConfig",
     "RMSNorm",
     "RMSNormConfig",
     "RMSNormParams",
@@ -47,12 +57,18 @@ __all__ = [
     "in_dims_like",
     "init_layer_norm",
     "init_rms_norm",
+    "instantiate",
     "l2_norm",
     "layer_norm",
     "params_from_flat",
     "params_to_flat",
+    "partial_wang_init_fn_with_num_layers",
     "pytree_node",
     "rms_norm",
+    "small_init",
     "stack_params",
+    "trunc_normal_init",
+    "trunc_normal_init_factory",
     "unstack_params",
+    "wang_init",
 ]
