@@ -406,3 +406,27 @@ def test_cuda_dispatch_vmap_compile():
     torch.testing.assert_close(v[1], rq, rtol=0, atol=0)
     out = assert_compiles(lambda x: R.apply_rope(x, cache), q, backend="inductor")
     torch.testing.assert_close(out, rq, rtol=0, atol=1e-2)
+
+
+def test_fused_plumbing_compiled_backward_and_double_backward():
+    c = R.rope_cache((6,), 8, dtype=F64)
+    x = randn(2, 3, 6, 8, seed=28)
+
+    def fused(t):
+        return ops.rope_fused(t, c.cos, c.sin, (8,), "interleaved")
+
+    def plain(t):
+        return ops.rope_reference(t, c.cos, c.sin, (8,), "interleaved")
+
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    (compiled(xa) * x).sum().backward()
+    (plain(xb) * x).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+
+    def second(fn):
+        t = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((fn(t) ** 3).sum(), t, create_graph=True)
+        return torch.autograd.grad(g.sum(), t)[0]
+
+    torch.testing.assert_close(second(fused), second(plain))

@@ -18,6 +18,7 @@ implementation's outputs (and, for forward+backward, its gradients) are compared
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,52 @@ def _inputs(shape, layout: str, device, dtype, count: int, requires_grad: bool):
     return sets
 
 
+def _cpu_us(fn: Impl, args, backward: bool, calls: int = 50) -> float:
+    """Host time per call (launch overhead): the GPU queue absorbs the work meanwhile."""
+    runner = _fwd_bwd(fn) if backward else _fwd(fn)
+    runner(*args)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        runner(*args)
+    host = (time.perf_counter() - t0) / calls
+    torch.cuda.synchronize()
+    return host * 1e6
+
+
+def _kernel_only_row(layout, mode, shape, args, backward, nbytes, copy_bw) -> dict[str, Any]:
+    """The fused kernels alone, replayed from a CUDA graph (no Python or launch overhead)."""
+    q, k, cos, sin, dq, dk = (a.detach() for a in args)
+    sections = (q.shape[-1],)
+
+    def launches():
+        rope_ops._launch(q, cos, sin, sections, "split_half")
+        rope_ops._launch(k, cos, sin, sections, "split_half")
+        if backward:
+            rope_ops._launch(dq, cos, sin, sections, "split_half", negate=True)
+            rope_ops._launch(dk, cos, sin, sections, "split_half", negate=True)
+
+    launches()  # compile the kernels outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launches()
+    timing = benchmark(graph.replay, [()], warmup=3, reps=30, device=q.device)
+    tbps = nbytes / (timing.median_ms * 1e-3)
+    return {
+        "layout": layout,
+        "mode": mode,
+        "impl": "subq kernels only (CUDA graph)",
+        "shape": list(shape),
+        "ms": timing.median_ms,
+        "p10_ms": timing.p10_ms,
+        "p90_ms": timing.p90_ms,
+        "TB/s": tbps / 1e12,
+        "frac_copy": tbps / copy_bw,
+        "rel_err": None,  # same kernels as the checked "subq" row
+    }
+
+
 @register_benchmark("rope")
 def rope_benchmark(device: torch.device, quick: bool) -> list[dict[str, Any]]:
     """q and k rotation, forward and forward+backward; see the module docstring."""
@@ -164,7 +211,14 @@ def rope_benchmark(device: torch.device, quick: bool) -> list[dict[str, Any]]:
                         "rel_err": err,
                     }
                 )
-            for row in rows[-len(impls) :]:
+            n_rows = len(impls)
+            if device.type == "cuda" and not quick:
+                rows.append(
+                    _kernel_only_row(layout, mode, shape, sets[0], backward, nbytes, copy_bw)
+                )
+                rows[-1 - n_rows]["cpu_us"] = _cpu_us(impls["subq"], sets[0], backward)
+                n_rows += 1
+            for row in rows[-n_rows:]:
                 row["subq_speedup"] = row["ms"] / results["subq"]
             del sets
             if device.type == "cuda":

@@ -130,6 +130,7 @@ def _broadcast_strides(cache_shape: tuple[int, ...], lead: tuple[int, ...]) -> l
     return strides
 
 
+@functools.lru_cache(maxsize=512)
 def _contiguous_lead_dims(x_shape: tuple[int, ...], cache_shape: tuple[int, ...]) -> int:
     """Merged leading axes for a contiguous ``x`` (the worst case the launcher meets)."""
     lead = x_shape[:-1]
@@ -152,7 +153,7 @@ def _triton_kernel():
         R, S1, S2, S3,
         XS0, XS1, XS2, XS3,
         CS0, CS1, CS2, CS3,
-        W: tl.constexpr, D: tl.constexpr, MODE: tl.constexpr,
+        W: tl.constexpr, D: tl.constexpr, MODE: tl.constexpr, NEGATE: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
     ):  # fmt: skip
         # One program rotates BLOCK_R rows of D channels; a row's cache row comes from its
@@ -180,6 +181,8 @@ def _triton_kernel():
         mask = row_ok[:, None] & w_ok[None, :]
         c = tl.load(COS + c_off[:, None] + w[None, :], mask=mask, other=0.0).to(tl.float32)
         s = tl.load(SIN + c_off[:, None] + w[None, :], mask=mask, other=0.0).to(tl.float32)
+        if NEGATE:
+            s = -s  # the inverse rotation (backward)
         if MODE == 1:
             # Interleaved: load whole rows, then split even/odd channels in registers.
             cols = tl.arange(0, 2 * BLOCK_W)
@@ -201,12 +204,11 @@ def _triton_kernel():
             tl.store(OUT + o_off[:, None] + ia[None, :], (a * c - b * s).to(ty), mask=mask)
             tl.store(OUT + o_off[:, None] + ib[None, :], (b * c + a * s).to(ty), mask=mask)
 
-    wrap = getattr(torch.library, "wrap_triton", None)
-    # wrap_triton lets make_fx/aot_autograd trace the launch (dynamo handles it either way).
-    return (wrap(rope_kernel) if wrap is not None else rope_kernel), triton.next_power_of_2
+    # The launch is hidden from tracing by the custom op, so the raw kernel is launched.
+    return rope_kernel, triton.next_power_of_2
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _pair_index(sections: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
     """Channel indices of the two members of each pair, for split-half blocks."""
     first, second, start = [], [], 0
@@ -222,9 +224,10 @@ def _pair_index(sections: tuple[int, ...], device: torch.device) -> tuple[Tensor
 
 
 def _launch_config(d: int) -> tuple[int, int]:
-    """(rows per program, warps): about 4K channels per program."""
-    rows = max(1, min(64, 4096 // max(d, 1)))
-    return rows, 4 if d * rows <= 4096 else 8
+    """(rows per program, warps): about 2K–4K channels per program, 4 warps (measured best of
+    4–128 rows × 4/8 warps on the H100 for D = 128, see the ``rope_tune`` benchmark)."""
+    rows = max(1, min(32, 4096 // max(d, 1)))
+    return rows, 4
 
 
 def _use_triton(device: torch.device) -> bool:
@@ -232,35 +235,60 @@ def _use_triton(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
-def _launch(x: Tensor, cos: Tensor, sin: Tensor, sections: tuple[int, ...], pairing: str) -> Tensor:
-    """Rotate with the fused kernel (or, on CPU without the Triton interpreter, an emulation
-    that uses the kernel's strided addressing: it tests the layout logic without a GPU)."""
-    lead = tuple(x.shape[:-1])
-    # The kernel reads float32 cos/sin (the emulation keeps float64 for exact CPU tests).
-    cache_dtype = (
-        torch.float64 if cos.dtype == torch.float64 and x.dtype == torch.float64 else torch.float32
+@functools.lru_cache(maxsize=512)
+def _layout(
+    lead: tuple[int, ...], x_strides: tuple[int, ...], cache_shape: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(sizes, x strides, cache strides) of the kernel's four leading axes, or None if the
+    axes do not merge into four. Cached: eager calls repeat the same few shapes."""
+    c_strides = _broadcast_strides(cache_shape, lead)
+    merged = _merge_dims(lead, list(x_strides), c_strides)
+    if len(merged) > MAX_LEAD_DIMS:
+        return None
+    merged = [(1, 0, 0)] * (MAX_LEAD_DIMS - len(merged)) + merged
+    return (
+        tuple(m[0] for m in merged),
+        tuple(m[1] for m in merged),
+        tuple(m[2] for m in merged),
     )
+
+
+def _launch(
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    sections: tuple[int, ...],
+    pairing: str,
+    negate: bool = False,
+) -> Tensor:
+    """Rotate with the fused kernel (by minus the angles if ``negate``).
+
+    On CPU without the Triton interpreter this runs an emulation that uses the kernel's strided
+    addressing, so the layout logic is tested without a GPU.
+    """
+    # The kernel reads float32 cos/sin (the emulation keeps float64 for exact CPU tests).
+    wide = cos.dtype == torch.float64 and x.dtype == torch.float64
+    cache_dtype = torch.float64 if wide else torch.float32
     cos = cos.to(cache_dtype).contiguous()
     sin = sin.to(cache_dtype).contiguous()
     if x.stride(-1) != 1:
         x = x.contiguous()
-    c_strides = _broadcast_strides(tuple(cos.shape), lead)
-    layout = _merge_dims(lead, list(x.stride()[:-1]), c_strides)
-    if len(layout) > MAX_LEAD_DIMS:
+    lead = tuple(x.shape[:-1])
+    layout = _layout(lead, tuple(x.stride()[:-1]), tuple(cos.shape))
+    if layout is None:
         x = x.contiguous()
-        layout = _merge_dims(lead, list(x.stride()[:-1]), c_strides)
+        layout = _layout(lead, tuple(x.stride()[:-1]), tuple(cos.shape))
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    layout = [(1, 0, 0)] * (MAX_LEAD_DIMS - len(layout)) + layout
-    sizes = [n for n, _, _ in layout]
-    x_strides = [s for _, s, _ in layout]
-    c_str = [s for _, _, s in layout]
+    sizes, x_strides, c_strides = layout
     d, w = x.shape[-1], cos.shape[-1]
     if not _use_triton(x.device):
         xv = x.as_strided((*sizes, d), (*x_strides, 1))  # keeps x's storage offset
-        cv = cos.as_strided((*sizes, w), (*c_str, 1))
-        sv = sin.as_strided((*sizes, w), (*c_str, 1))
+        cv = cos.as_strided((*sizes, w), (*c_strides, 1))
+        sv = sin.as_strided((*sizes, w), (*c_strides, 1))
+        if negate:
+            sv = -sv
         return out.copy_(rope_reference(xv, cv, sv, sections, pairing).reshape(x.shape))
     kernel, next_pow2 = _triton_kernel()
     if pairing == "interleaved":
@@ -276,8 +304,9 @@ def _launch(x: Tensor, cos: Tensor, sin: Tensor, sections: tuple[int, ...], pair
     kernel[grid](
         x, cos, sin, out, ia, ib,
         rows, sizes[1], sizes[2], sizes[3],
-        *x_strides, *c_str,
-        W=w, D=d, MODE=mode, BLOCK_R=block_r, BLOCK_W=next_pow2(w), num_warps=warps,
+        *x_strides, *c_strides,
+        W=w, D=d, MODE=mode, NEGATE=negate,
+        BLOCK_R=block_r, BLOCK_W=next_pow2(w), num_warps=warps,
     )  # fmt: skip
     return out
 
@@ -321,13 +350,33 @@ def _cache_grads(
     return gc, gs
 
 
+def _rope_backward(ctx, grad) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    x, cos, sin = ctx.saved_tensors
+    gx = gc = gs = None
+    if ctx.needs_input_grad[0]:
+        # The inverse rotation. With create_graph (grad mode on here) it must itself be
+        # differentiable, and under torch.compile the launch must stay inside the custom op:
+        # both go through rope_fused with the sines negated.
+        if (
+            torch.compiler.is_compiling()
+            or torch.is_grad_enabled()
+            or torch._C._are_functorch_transforms_active()
+        ):
+            gx = rope_fused(grad, cos, -sin, ctx.sections, ctx.pairing)
+        else:
+            gx = _launch(grad, cos, sin, ctx.sections, ctx.pairing, negate=True)
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        gc, gs = _cache_grads(x, grad, ctx.cache_shape, ctx.sections, ctx.pairing)
+        gc, gs = gc.to(cos.dtype), gs.to(sin.dtype)
+    return gx, gc, gs
+
+
 @torch.library.custom_op("subq::rope_apply", mutates_args=())
 def _rope_apply_op(
     x: Tensor, cos: Tensor, sin: Tensor, sections: list[int], pairing: str
 ) -> Tensor:
     # An opaque op: torch.compile puts it in the graph without tracing into the launch (the
-    # lazy Triton import and kernel build must not be traced). Autograd and vmap live in
-    # _RopeFunction around it (a custom op's own autograd rule breaks torch.func.grad).
+    # lazy Triton import and kernel build must not be traced).
     return _launch(x, cos, sin, tuple(sections), pairing)
 
 
@@ -346,28 +395,21 @@ def _op_backward(ctx, grad):
     return (*_rope_backward(ctx, grad), None, None)
 
 
+# The op's own autograd rule, for callers that use it directly; subq goes through the
+# autograd.Functions below (a custom op's autograd does not support torch.func transforms).
 _rope_apply_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
-def _rope_backward(ctx, grad) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    x, cos, sin = ctx.saved_tensors
-    gx = gc = gs = None
-    if ctx.needs_input_grad[0]:
-        # The inverse rotation: the same kernel with the sines negated.
-        gx = rope_fused(grad, cos, -sin, ctx.sections, ctx.pairing)
-    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        gc, gs = _cache_grads(x, grad, ctx.cache_shape, ctx.sections, ctx.pairing)
-        gc, gs = gc.to(cos.dtype), gs.to(sin.dtype)
-    return gx, gc, gs
-
-
 class _RopeFunction(torch.autograd.Function):
-    """Fused rotary apply: differentiable in x and the cache, with a vmap rule that folds the
-    vmapped axis into the kernel's leading axes (so vmap keeps the fused path)."""
+    """Fused rotary apply for torch.func transforms and torch.compile: differentiable in x and
+    the cache, with a vmap rule that folds the vmapped axis into the kernel's leading axes (so
+    vmap keeps the fused path)."""
 
     @staticmethod
     def forward(x, cos, sin, sections, pairing):
-        return _rope_apply_op(x, cos, sin, list(sections), pairing)
+        if torch.compiler.is_compiling():
+            return _rope_apply_op(x, cos, sin, list(sections), pairing)
+        return _launch(x, cos, sin, sections, pairing)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -398,15 +440,41 @@ class _RopeFunction(torch.autograd.Function):
         return rope_fused(x, cos, sin, sections, pairing), 0
 
 
+class _RopeEagerFunction(torch.autograd.Function):
+    """The same op for plain eager autograd. ``autograd.Function.apply`` with
+    ``setup_context`` binds its arguments with ``inspect`` on every call (about 100 µs); this
+    ctx-style twin skips that on the hot path."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, sections, pairing):
+        ctx.sections, ctx.pairing, ctx.cache_shape = sections, pairing, tuple(cos.shape)
+        # x is only needed for the cache's gradient; do not keep it alive otherwise.
+        keep_x = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        ctx.save_for_backward(x if keep_x else None, cos, sin)
+        return _launch(x, cos, sin, sections, pairing)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (*_rope_backward(ctx, grad), None, None)
+
+
 def rope_fused(x: Tensor, cos: Tensor, sin: Tensor, sections: tuple[int, ...], pairing: str):
     """The fused backend (CUDA; on CPU an emulation used to test the plumbing)."""
+    sections = tuple(sections)
     if _contiguous_lead_dims(tuple(x.shape), tuple(cos.shape)) > MAX_LEAD_DIMS:
         return rope_reference(x, cos, sin, sections, pairing)
-    if torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        # Compiled functorch transforms (compile of grad/vmap) cannot trace a custom op's
-        # autograd; Inductor fuses the plain formula there instead.
-        return rope_reference(x, cos, sin, sections, pairing)
-    return _RopeFunction.apply(x, cos, sin, tuple(sections), pairing)
+    transforms = torch._C._are_functorch_transforms_active()
+    if torch.compiler.is_compiling():
+        if transforms:
+            # Compiled torch.func transforms cannot trace a custom op; Inductor fuses the
+            # plain formula there instead.
+            return rope_reference(x, cos, sin, sections, pairing)
+        return _RopeFunction.apply(x, cos, sin, sections, pairing)
+    if transforms:
+        return _RopeFunction.apply(x, cos, sin, sections, pairing)
+    if torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad):
+        return _RopeEagerFunction.apply(x, cos, sin, sections, pairing)
+    return _launch(x, cos, sin, sections, pairing)
 
 
 def _triton_check(facts: Mapping[str, Any]) -> str | None:
