@@ -59,7 +59,7 @@ from subq.functional.norm import (
     layer_norm,
     rms_norm,
 )
-from subq.ops.fftconv import fft_conv_plan
+from subq.ops.fftconv import fft_conv_plan, gated_fft_conv_op
 
 __all__ = [
     "HyenaConfig",
@@ -292,7 +292,8 @@ def hyena(
         query: ``[B, *spatial, C]``; ``key`` and ``value`` alike.
         cfg: the configuration (static).
         buffers: frozen kernel-network buffers (only for an ``"rff"`` filter).
-        backend: force a backend of the ``fft_conv`` op.
+        backend: force a backend of the ``gated_fft_conv`` op (no QK-norm and no norm) or of
+            the ``fft_conv`` op.
 
     Returns:
         ``[B, *spatial, C]`` in the inputs' dtype.
@@ -301,19 +302,26 @@ def hyena(
     c = cfg.hidden_dim
     u = short_conv(params.short_conv, torch.cat([query, key, value], dim=-1), causal=cfg.causal)
     q, k, v = u.split(c, dim=-1)
-    z = _pre_conv(params, q, k, cfg)
     spatial = tuple(query.shape[1:-1])
     kernel = implicit_kernel(params.filter, spatial, cfg.mode, cfg=cfg.filter, buffers=buffers)
-    h = fft_conv(
-        z,
-        kernel,
-        params.skip,
-        mode=cfg.mode,
-        channels_last=True,
-        chunk_size=cfg.chunk_size,
-        backend=backend,
-    )
-    y = h * _gate(cfg.value_gate, v)
+    if cfg.qk_norm == "none" and cfg.norm == "none":
+        # Nothing between the gates and the convolution: one op with the gates folded in.
+        facts = {"device": q.device, "dtype": q.dtype, "modes": cfg.mode, "shape": tuple(q.shape)}
+        y = gated_fft_conv_op.select(facts, backend)(
+            q, k, v, kernel, params.skip, cfg.mode, cfg.value_gate, cfg.chunk_size
+        )
+    else:
+        z = _pre_conv(params, q, k, cfg)
+        h = fft_conv(
+            z,
+            kernel,
+            params.skip,
+            mode=cfg.mode,
+            channels_last=True,
+            chunk_size=cfg.chunk_size,
+            backend=backend,
+        )
+        y = h * _gate(cfg.value_gate, v)
     return _apply_norm(cfg.out_norm, params.out_norm, y)
 
 

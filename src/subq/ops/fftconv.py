@@ -16,17 +16,26 @@ length works. Each axis uses the smallest FFT size that is exact for its mode, r
 product of 2, 3, 5 and 7 (:func:`next_fast_len`). Spectral math runs in float32 (float64 stays
 float64); the output has the input's dtype.
 
-Backends: ``reference`` (plain ``torch.fft``, any device; the oracle of faster paths).
+Backends: ``compiled`` (CUDA: the same math under ``torch.compile``, so the cast and zero
+padding fuse into the pass before the forward FFT and the crop, skip and cast into the pass after
+it; the FFTs stay cuFFT calls) and ``reference`` (plain ``torch.fft``, any device; the oracle).
+The kernel spectrum is computed once per call and shared by the batch.
+
+``gated_fft_conv`` is Hyena's long convolution with its gates folded in:
+``(K ∗ z + D ⊙ z) ⊙ σ₂(v)`` with ``z = q ⊙ σ(k)``, on channels-last inputs, with the same
+backends (the gates and the layout change fuse into the passes around the FFTs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from subq.ops.capabilities import module_available
 from subq.ops.dispatch import Backend, Op
 
 __all__ = [
@@ -34,6 +43,8 @@ __all__ = [
     "fft_conv_op",
     "fft_conv_plan",
     "fft_conv_reference",
+    "gated_fft_conv_op",
+    "gated_fft_conv_reference",
     "kernel_spectrum",
     "next_fast_len",
 ]
@@ -148,6 +159,40 @@ def kernel_spectrum(kernel: Tensor, plans: Sequence[AxisPlan]) -> Tensor:
     return torch.fft.rfftn(k, s=[p.fft_size for p in plans], dim=dims)
 
 
+def _cmul(a: Tensor, b: Tensor) -> Tensor:
+    """Complex product written on real views, so Inductor fuses it as ordinary pointwise math."""
+    ar, br = torch.view_as_real(a), torch.view_as_real(b)
+    re = ar[..., 0] * br[..., 0] - ar[..., 1] * br[..., 1]
+    im = ar[..., 0] * br[..., 1] + ar[..., 1] * br[..., 0]
+    return torch.view_as_complex(torch.stack((re, im), dim=-1))
+
+
+def _conv_core(
+    x: Tensor, kspec: Tensor, skip: Tensor | None, sizes: tuple[int, ...], out_dtype: torch.dtype
+) -> Tensor:
+    """``irfftn(rfftn(x) · kspec)`` cropped, plus ``skip ⊙ x``, on channels-first ``x``.
+
+    Written so that under ``torch.compile`` the cast and the zero padding fuse into one pass
+    before the forward FFT, and the crop, skip and output cast into one pass after the inverse.
+    """
+    nd = len(sizes)
+    spatial = x.shape[2:]
+    dims = tuple(range(-nd, 0))
+    x_c = x.to(kspec.real.dtype)
+    y = torch.fft.irfftn(_cmul(torch.fft.rfftn(x_c, s=sizes, dim=dims), kspec), s=sizes, dim=dims)
+    for i, n in enumerate(spatial):
+        y = y.narrow(2 + i, 0, n)
+    if skip is not None:
+        y = y + x_c * skip.to(x_c.dtype).reshape(-1, *([1] * nd))
+    return y.to(out_dtype)
+
+
+def _chunks(channels: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    if chunk_size is None or chunk_size >= channels:
+        return [(0, channels)]
+    return [(s, min(chunk_size, channels - s)) for s in range(0, channels, chunk_size)]
+
+
 def fft_conv_reference(
     x: Tensor,
     kernel: Tensor,
@@ -161,34 +206,145 @@ def fft_conv_reference(
     ``kernel`` is ``[C, *K]`` or per-sample ``[B, C, *K]``; ``skip`` is ``[C]`` or None.
     ``chunk_size`` processes that many channels at a time (bounds the spectral buffers).
     """
+    return _fft_conv_with(_conv_core, x, kernel, skip, modes, chunk_size, fast_sizes)
+
+
+def _fft_conv_with(core, x, kernel, skip, modes, chunk_size, fast_sizes) -> Tensor:
     nd = len(modes)
-    spatial = tuple(x.shape[2:])
-    plans = fft_conv_plan(spatial, kernel.shape[-nd:], modes, fast_sizes)
-    if chunk_size is not None and chunk_size < x.shape[1]:
-        outs = []
-        for start in range(0, x.shape[1], chunk_size):
-            width = min(chunk_size, x.shape[1] - start)
-            xs = x.narrow(1, start, width)
-            ks = kernel.narrow(kernel.ndim - nd - 1, start, width)
-            ss = None if skip is None else skip.narrow(0, start, width)
-            outs.append(fft_conv_reference(xs, ks, ss, modes, None, fast_sizes))
-        return torch.cat(outs, dim=1)
-    cdt = _compute_dtype(x.dtype)
-    dims = tuple(range(-nd, 0))
-    sizes = [p.fft_size for p in plans]
-    x_c = x.to(cdt)
-    # rfftn(x, s=n) zero-pads to n implicitly (no padded copy of x).
-    spec = torch.fft.rfftn(x_c, s=sizes, dim=dims) * kernel_spectrum(kernel, plans)
-    y = torch.fft.irfftn(spec, s=sizes, dim=dims)
-    for i, n in enumerate(spatial):
-        y = y.narrow(2 + i, 0, n)
-    if skip is not None:
-        y = y + x_c * skip.to(cdt).reshape(-1, *([1] * nd))
-    return y.to(x.dtype)
+    plans = fft_conv_plan(tuple(x.shape[2:]), kernel.shape[-nd:], modes, fast_sizes)
+    sizes = tuple(p.fft_size for p in plans)
+    kspec = kernel_spectrum(kernel, plans)  # once per call, shared by the batch
+    outs = []
+    for start, width in _chunks(x.shape[1], chunk_size):
+        xs = x.narrow(1, start, width)
+        ks = kspec.narrow(kspec.ndim - nd - 1, start, width)
+        ss = None if skip is None else skip.narrow(0, start, width)
+        outs.append(core(xs, ks, ss, sizes, x.dtype))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def _gate(kind: str, v: Tensor) -> Tensor:
+    if kind == "sigmoid":
+        return torch.sigmoid(v)
+    if kind == "silu":
+        return torch.nn.functional.silu(v)
+    return v
+
+
+def _gated_core(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kspec: Tensor,
+    skip: Tensor,
+    sizes: tuple[int, ...],
+    value_gate: str,
+) -> Tensor:
+    """``(K ∗ z + D ⊙ z) ⊙ σ₂(v)`` with ``z = q ⊙ σ(k)``, channels-last in and out.
+
+    Under ``torch.compile`` the gate, transpose, cast and padding fuse into the pass before the
+    forward FFT, and the crop, skip, value gate, transpose and cast into the pass after.
+    """
+    cdt = kspec.real.dtype
+    z = (q.to(cdt) * torch.sigmoid(k.to(cdt))).movedim(-1, 1)
+    h = _conv_core(z, kspec, skip, sizes, cdt).movedim(1, -1)
+    return (h * _gate(value_gate, v.to(cdt))).to(q.dtype)
+
+
+def gated_fft_conv_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel: Tensor,
+    skip: Tensor,
+    modes: tuple[str, ...],
+    value_gate: str = "sigmoid",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Hyena's gated long convolution on channels-last ``[B, *spatial, C]`` inputs (plain)."""
+    return _gated_with(_gated_core, q, k, v, kernel, skip, modes, value_gate, chunk_size)
+
+
+def _gated_with(core, q, k, v, kernel, skip, modes, value_gate, chunk_size) -> Tensor:
+    nd = len(modes)
+    plans = fft_conv_plan(tuple(q.shape[1:-1]), kernel.shape[-nd:], modes)
+    sizes = tuple(p.fft_size for p in plans)
+    kspec = kernel_spectrum(kernel, plans)
+    outs = []
+    for start, width in _chunks(q.shape[-1], chunk_size):
+        qs, ks_, vs = (t.narrow(-1, start, width) for t in (q, k, v))
+        spec = kspec.narrow(kspec.ndim - nd - 1, start, width)
+        outs.append(core(qs, ks_, vs, spec, skip.narrow(0, start, width), sizes, value_gate))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+_COMPILED: dict[tuple, Callable[..., Tensor]] = {}
+
+
+def _compiled(name: str, fn: Callable[..., Tensor], key: tuple) -> Callable[..., Tensor]:
+    """``fn`` compiled by Inductor for the static signature ``key``, unless already traced.
+
+    Inside an outer ``torch.compile`` the plain function is traced into the caller's graph; under
+    ``torch.func`` transforms the plain function runs (functorch levels do not mix with a nested
+    compiled region). Each signature compiles its own copy of ``fn``'s code object: dynamo's
+    recompile limit counts per code object, and a layer legitimately meets many lengths.
+    """
+    if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
+        return fn
+    full_key = (name, *key)
+    if full_key not in _COMPILED:
+        clone = types.FunctionType(
+            fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+        )
+        _COMPILED[full_key] = torch.compile(clone, fullgraph=True, dynamic=False)
+    return _COMPILED[full_key]
+
+
+def _signature(*tensors: Tensor | None) -> tuple:
+    return tuple(
+        None if t is None else (tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in tensors
+    )
+
+
+def _fft_conv_compiled(x, kernel, skip, modes, chunk_size=None, fast_sizes=True) -> Tensor:
+    def core(xs, ks, ss, sizes, out_dtype):
+        fn = _compiled("conv", _conv_core, (*_signature(xs, ks, ss), sizes, out_dtype))
+        return fn(xs, ks, ss, sizes, out_dtype)
+
+    return _fft_conv_with(core, x, kernel, skip, modes, chunk_size, fast_sizes)
+
+
+def _gated_compiled(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):
+    def core(qs, ks, vs, spec, ss, sizes, gate):
+        fn = _compiled("gated", _gated_core, (*_signature(qs, ks, vs, spec, ss), sizes, gate))
+        return fn(qs, ks, vs, spec, ss, sizes, gate)
+
+    return _gated_with(core, q, k, v, kernel, skip, modes, value_gate, chunk_size)
+
+
+def _compiled_check(facts: Mapping[str, Any]) -> str | None:
+    if facts["dtype"] not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {facts['dtype']} (the compiled path is for float16/bfloat16/float32)"
+    reason = module_available("triton")
+    if reason is not None:
+        return reason
+    return None
 
 
 fft_conv_op = Op(
     "fft_conv",
-    [Backend("reference", fft_conv_reference)],
+    [
+        Backend("compiled", _fft_conv_compiled, devices=("cuda",), check=_compiled_check),
+        Backend("reference", fft_conv_reference),
+    ],
+    example_facts={"dtype": torch.bfloat16, "modes": ("causal",)},
+)
+
+gated_fft_conv_op = Op(
+    "gated_fft_conv",
+    [
+        Backend("compiled", _gated_compiled, devices=("cuda",), check=_compiled_check),
+        Backend("reference", gated_fft_conv_reference),
+    ],
     example_facts={"dtype": torch.bfloat16, "modes": ("causal",)},
 )
