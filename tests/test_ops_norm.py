@@ -240,7 +240,7 @@ def test_fused_ops_compile_without_graph_breaks():
 
 # --- dispatcher decisions ---------------------------------------------------------------------
 
-CUDA_BF16 = {"device": "cuda", "dtype": torch.bfloat16, "n": 4096, "weight_ndim": 1}
+CUDA_BF16 = {"device": "cuda", "dtype": torch.bfloat16, "n": 8192, "weight_ndim": 1}
 
 
 @pytest.fixture
@@ -286,6 +286,39 @@ def test_cuda_decisions_on_static_facts(op, quack_available):
     assert op.decide(CUDA_BF16 | {"n": 200_000}).chosen == "quack"
 
 
+@pytest.mark.parametrize(("op", "min_n"), [(rms_norm_op, 4096), (layer_norm_op, 8192)])
+def test_short_rows_prefer_torch_without_counting_as_a_fallback(op, min_n, quack_available):
+    assert op.decide(CUDA_BF16 | {"n": min_n}).chosen == "quack"
+    with strict():  # a measured preference, not a missing capability: strict mode accepts it
+        d = op.decide(CUDA_BF16 | {"n": min_n - 1})
+    assert d.chosen == "torch" and "measured faster" in dict(d.rejected)["quack"]
+    # Forcing quack on short rows is allowed; a short float64 row still goes to the reference.
+    assert op.decide(CUDA_BF16 | {"n": 64}, backend="quack").chosen == "quack"
+    assert op.decide(CUDA_BF16 | {"n": 64, "dtype": torch.float64}).chosen == "reference"
+
+
+def test_short_rows_without_quack_fall_back_as_usual(quack_missing):
+    with strict(), pytest.raises(BackendUnavailableError, match="no quack here"):
+        rms_norm_op.decide(CUDA_BF16 | {"n": 64})
+
+
+def test_quack_capability_check_compiles_without_tracing_imports(monkeypatch):
+    import importlib
+
+    def reason_with_import(device):
+        importlib.import_module("json")  # what the real check does (dynamo refuses to trace it)
+        return None
+
+    monkeypatch.setattr(opnorm, "quack_unavailable_reason", reason_with_import)
+
+    def f(x):
+        return x + (1.0 if rms_norm_op.decide(CUDA_BF16).chosen == "quack" else 2.0)
+
+    torch._dynamo.reset()
+    out = torch.compile(f, backend="aot_eager", fullgraph=True)(torch.zeros(2))
+    assert torch.equal(out, torch.ones(2))
+
+
 def test_layer_norm_without_weight_skips_quack(quack_available):
     d = layer_norm_op.decide(CUDA_BF16 | {"weight_ndim": 0})
     assert d.chosen == "torch" and "needs one" in dict(d.rejected)["quack"]
@@ -322,10 +355,32 @@ def test_functional_layer_norm_dispatches_through_the_op(monkeypatch):
     assert calls[0]["n"] == 8 and calls[0]["dtype"] == torch.float64
 
 
-def test_fused_double_backward_raises_clearly():
+def test_fused_double_backward_raises():
     x, w, b, _ = _inputs((3, 8), torch.float64)
-    x.requires_grad_(True)
+    w.requires_grad_(True)
+    # Eager path: once_differentiable.
     for y in (opnorm._rms_norm_quack(x, w, EPS), opnorm._layer_norm_quack(x, w, b, EPS)):
-        (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(y.square().sum(), w, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            gw.sum().backward()
+    # Transform path (torch.func): the backward Functions refuse.
+    for f in (
+        lambda x: opnorm._rms_norm_quack(x, w.detach(), EPS).square().sum(),
+        lambda x: opnorm._layer_norm_quack(x, w.detach(), b, EPS).square().sum(),
+    ):
         with pytest.raises(RuntimeError, match="double backward is not supported"):
-            torch.autograd.grad(gx.sum(), x)
+            torch.func.grad(lambda x, f=f: torch.func.grad(f)(x).sum())(x)
+
+
+def test_eager_and_transform_paths_agree_exactly(monkeypatch):
+    x, w, b, dy = _inputs((4, 5, 24), torch.float32)
+    results = []
+    for active in (False, True):
+        monkeypatch.setattr(opnorm, "_transforms_active", lambda active=active: active)
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        y = opnorm._rms_norm_quack(leaves[0], leaves[1], EPS) + opnorm._layer_norm_quack(
+            *leaves, EPS
+        )
+        results.append([y, *torch.autograd.grad(y, leaves, dy)])
+    for eager, transform in zip(*results, strict=True):
+        assert torch.equal(eager, transform)

@@ -15,8 +15,8 @@ Backends, fastest first:
   reciprocal standard deviations, and calls quack's backward kernel. It needs a weight
   (quack's LayerNorm entry point requires one).
 * ``torch`` (CUDA): ``F.rms_norm`` / ``F.layer_norm``, PyTorch's fused kernels with float32
-  statistics. The weight is cast to ``x.dtype`` first (so the fused kernel runs), which rounds it
-  once: up to an ulp of difference from the reference when weights are float32 and ``x`` is not.
+  statistics, when the weight and bias have ``x``'s dtype; otherwise (a float32 weight with
+  bfloat16 ``x``) the reference, since rounding the weight would ruin its gradient.
 * ``reference`` (any device): the formula in float32; the oracle for tests.
 
 A per-head weight (``[heads, head_dim]``) normalises over the last axis and scales per head; only
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from subq.ops.capabilities import quack_unavailable_reason
-from subq.ops.dispatch import Backend, Op
+from subq.ops.dispatch import Backend, Decision, Op
 
 __all__ = [
     "layer_norm_op",
@@ -87,19 +87,22 @@ def layer_norm_reference(
 # PyTorch fused kernels
 
 
+def _fits_torch_kernel(x: Tensor, *params: Tensor | None) -> bool:
+    # PyTorch's fused kernels take parameters of one axis in x's dtype. Rounding a float32 weight
+    # to bfloat16 would cost its gradient all but 8 bits, so other dtypes take the reference.
+    return all(p is None or (p.ndim == 1 and p.dtype == x.dtype) for p in params)
+
+
 def _rms_norm_torch(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
-    if weight is not None and weight.ndim > 1:
+    if not _fits_torch_kernel(x, weight):
         return rms_norm_reference(x, weight, eps)
-    w = weight.to(x.dtype) if weight is not None else None
-    return F.rms_norm(x, (x.shape[-1],), w, eps)
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 def _layer_norm_torch(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    if any(p is not None and p.ndim > 1 for p in (weight, bias)):
+    if not _fits_torch_kernel(x, weight, bias):
         return layer_norm_reference(x, weight, bias, eps)
-    w = weight.to(x.dtype) if weight is not None else None
-    b = bias.to(x.dtype) if bias is not None else None
-    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
 def _torch_check(facts: Mapping[str, Any]) -> str | None:
@@ -111,8 +114,9 @@ def _torch_check(facts: Mapping[str, Any]) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# quack kernels as custom ops. Inputs are 2-D and contiguous ([rows, n]); the CPU kernels compute
-# the same outputs in plain PyTorch so the autograd, vmap and fake rules are testable without a GPU.
+# Fused kernels. Each is a plain function on 2-D contiguous inputs ([rows, n]) with two
+# implementations: quack's kernels on CUDA, and the same outputs computed in plain PyTorch on CPU,
+# so that every wrapper below (autograd, vmap, fake tensors, compile) is testable without a GPU.
 
 
 def _empty_grad(x: Tensor) -> Tensor:
@@ -120,16 +124,14 @@ def _empty_grad(x: Tensor) -> Tensor:
     return x.new_empty(0)
 
 
-@torch.library.custom_op("subq::rms_norm_fused", mutates_args=(), device_types="cuda")
-def _rms_norm_fused(x: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+def _rms_fwd_cuda(x: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
     from quack.rmsnorm import rmsnorm_fwd
 
     y, _, rstd = rmsnorm_fwd(x, weight, eps=eps, store_rstd=True)
     return y, rstd
 
 
-@_rms_norm_fused.register_kernel("cpu")
-def _(x: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+def _rms_fwd_cpu(x: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
     x32 = x.to(_acc(x))
     rstd = torch.rsqrt(x32.square().mean(-1) + eps)
     y = x32 * rstd[:, None]
@@ -138,13 +140,7 @@ def _(x: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
     return y.to(x.dtype), rstd
 
 
-@_rms_norm_fused.register_fake
-def _(x: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=_acc(x))
-
-
-@torch.library.custom_op("subq::rms_norm_fused_bwd", mutates_args=(), device_types="cuda")
-def _rms_norm_fused_bwd(
+def _rms_bwd_cuda(
     x: Tensor, weight: Tensor | None, dy: Tensor, rstd: Tensor
 ) -> tuple[Tensor, Tensor]:
     from quack.rmsnorm import rmsnorm_bwd
@@ -153,8 +149,9 @@ def _rms_norm_fused_bwd(
     return dx, dw if dw is not None else _empty_grad(x)
 
 
-@_rms_norm_fused_bwd.register_kernel("cpu")
-def _(x: Tensor, weight: Tensor | None, dy: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+def _rms_bwd_cpu(
+    x: Tensor, weight: Tensor | None, dy: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor]:
     # y = x̂·w with x̂ = x·rstd: dx = rstd·(g − x̂·mean(g·x̂)), g = dy·w; dw = Σ_rows dy·x̂.
     xhat = x.to(rstd.dtype) * rstd[:, None]
     dy32 = dy.to(rstd.dtype)
@@ -164,13 +161,7 @@ def _(x: Tensor, weight: Tensor | None, dy: Tensor, rstd: Tensor) -> tuple[Tenso
     return dx.to(x.dtype), dw
 
 
-@_rms_norm_fused_bwd.register_fake
-def _(x: Tensor, weight: Tensor | None, dy: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x), torch.empty_like(weight) if weight is not None else _empty_grad(x)
-
-
-@torch.library.custom_op("subq::layer_norm_fused", mutates_args=(), device_types="cuda")
-def _layer_norm_fused(
+def _ln_fwd_cuda(
     x: Tensor, weight: Tensor, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     from quack.rmsnorm import layernorm_fwd
@@ -181,8 +172,9 @@ def _layer_norm_fused(
     return y, mean, rstd
 
 
-@_layer_norm_fused.register_kernel("cpu")
-def _(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def _ln_fwd_cpu(
+    x: Tensor, weight: Tensor, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
     x32 = x.to(_acc(x))
     mean = x32.mean(-1)
     centred = x32 - mean[:, None]
@@ -193,14 +185,7 @@ def _(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> tuple[Tenso
     return y.to(x.dtype), mean, rstd
 
 
-@_layer_norm_fused.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    stat = x.new_empty(x.shape[0], dtype=_acc(x))
-    return torch.empty_like(x), stat, torch.empty_like(stat)
-
-
-@torch.library.custom_op("subq::layer_norm_fused_bwd", mutates_args=(), device_types="cuda")
-def _layer_norm_fused_bwd(
+def _ln_bwd_cuda(
     x: Tensor, weight: Tensor, dy: Tensor, mean: Tensor, rstd: Tensor, has_bias: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     from quack.rmsnorm import layernorm_bwd
@@ -210,8 +195,7 @@ def _layer_norm_fused_bwd(
     return dx, dw.to(weight.dtype), db
 
 
-@_layer_norm_fused_bwd.register_kernel("cpu")
-def _(
+def _ln_bwd_cpu(
     x: Tensor, weight: Tensor, dy: Tensor, mean: Tensor, rstd: Tensor, has_bias: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     # With x̂ = (x − mean)·rstd, y = x̂·w + b: dx = rstd·(g − mean(g) − x̂·mean(g·x̂)), g = dy·w.
@@ -222,6 +206,94 @@ def _(
     dw = (dy32 * xhat).sum(0).to(weight.dtype)
     db = dy32.sum(0).to(weight.dtype) if has_bias else _empty_grad(x)
     return dx.to(x.dtype), dw, db
+
+
+_KERNELS: dict[str, dict[str, Callable[..., Any]]] = {
+    "cuda": {"rms_fwd": _rms_fwd_cuda, "rms_bwd": _rms_bwd_cuda},
+    "cpu": {"rms_fwd": _rms_fwd_cpu, "rms_bwd": _rms_bwd_cpu},
+}
+_KERNELS["cuda"] |= {"ln_fwd": _ln_fwd_cuda, "ln_bwd": _ln_bwd_cuda}
+_KERNELS["cpu"] |= {"ln_fwd": _ln_fwd_cpu, "ln_bwd": _ln_bwd_cpu}
+
+
+# --------------------------------------------------------------------------------------------
+# Eager path: a classic autograd.Function straight onto the kernels. Its per-call Python cost is
+# a fraction of the transform-safe path below (which adds a setup_context Function, whose apply
+# binds arguments through inspect.signature, and a custom-op dispatch per kernel); at 32768 × 1024
+# that cost, not the GPU, bounded the step time on the lent H100.
+
+
+class _RMSNormEager(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+        y, rstd = _KERNELS[x.device.type]["rms_fwd"](x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple:
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = _KERNELS[x.device.type]["rms_bwd"](x, weight, dy.contiguous(), rstd)
+        return dx, (dw if weight is not None else None), None
+
+
+class _LayerNormEager(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
+        y, mean, rstd = _KERNELS[x.device.type]["ln_fwd"](x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple:
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = _KERNELS[x.device.type]["ln_bwd"](
+            x, weight, dy.contiguous(), mean, rstd, ctx.has_bias
+        )
+        return dx, dw, (db if ctx.has_bias else None), None
+
+
+# --------------------------------------------------------------------------------------------
+# Transform-safe path, used under torch.compile and torch.func transforms: the kernels as custom
+# ops (opaque to the compiler, with fake-tensor and vmap rules) inside setup_context-style
+# autograd.Functions (which torch.func.grad requires; a custom op's own register_autograd is not
+# supported under torch.func transforms in torch 2.11–2.13).
+
+_rms_norm_fused = torch.library.custom_op(
+    "subq::rms_norm_fused", _rms_fwd_cuda, mutates_args=(), device_types="cuda"
+)
+_rms_norm_fused.register_kernel("cpu")(_rms_fwd_cpu)
+_rms_norm_fused_bwd = torch.library.custom_op(
+    "subq::rms_norm_fused_bwd", _rms_bwd_cuda, mutates_args=(), device_types="cuda"
+)
+_rms_norm_fused_bwd.register_kernel("cpu")(_rms_bwd_cpu)
+_layer_norm_fused = torch.library.custom_op(
+    "subq::layer_norm_fused", _ln_fwd_cuda, mutates_args=(), device_types="cuda"
+)
+_layer_norm_fused.register_kernel("cpu")(_ln_fwd_cpu)
+_layer_norm_fused_bwd = torch.library.custom_op(
+    "subq::layer_norm_fused_bwd", _ln_bwd_cuda, mutates_args=(), device_types="cuda"
+)
+_layer_norm_fused_bwd.register_kernel("cpu")(_ln_bwd_cpu)
+
+
+@_rms_norm_fused.register_fake
+def _(x: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=_acc(x))
+
+
+@_rms_norm_fused_bwd.register_fake
+def _(x: Tensor, weight: Tensor | None, dy: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(weight) if weight is not None else _empty_grad(x)
+
+
+@_layer_norm_fused.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    stat = x.new_empty(x.shape[0], dtype=_acc(x))
+    return torch.empty_like(x), stat, torch.empty_like(stat)
 
 
 @_layer_norm_fused_bwd.register_fake
@@ -272,16 +344,6 @@ _rms_norm_fused_bwd.register_vmap(_loop_rule(_rms_norm_fused_bwd))
 _layer_norm_fused_bwd.register_vmap(_loop_rule(_layer_norm_fused_bwd))
 
 
-def _rows(x: Tensor) -> Tensor:
-    return x.reshape(-1, x.shape[-1]).contiguous()
-
-
-# Autograd over the custom ops. An autograd.Function with setup_context (rather than the custom
-# op's register_autograd) also works under torch.func transforms (grad, vjp); its vmap rule is
-# generated from the custom ops' vmap rules. The statistics are returned as non-differentiable
-# outputs so that backward can use them; the wrappers below discard them.
-
-
 class _RMSNormFusedBwd(torch.autograd.Function):
     """The backward custom op behind an autograd.Function; double backward raises.
 
@@ -325,6 +387,8 @@ class _LayerNormFusedBwd(torch.autograd.Function):
 
 
 class _RMSNormFused(torch.autograd.Function):
+    # The statistics are returned as a non-differentiable output so that backward can use them;
+    # the caller discards them.
     generate_vmap_rule = True
 
     @staticmethod
@@ -368,6 +432,23 @@ class _LayerNormFused(torch.autograd.Function):
         return dx, dw, (db if ctx.has_bias else None), None
 
 
+# --------------------------------------------------------------------------------------------
+# The quack backends
+
+
+def _transforms_active() -> bool:
+    # torch.compile traces the custom ops (opaque, with fake rules); torch.func transforms need the
+    # setup_context Functions. Both are modes of the call, not values of the data.
+    if torch.compiler.is_compiling():
+        return True
+    probe = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if probe is None else bool(probe())
+
+
+def _rows(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
 def _quack_weight(x: Tensor, weight: Tensor | None) -> Tensor | None:
     # quack's kernels read float16/bfloat16/float32 weights; other dtypes go through float32
     # (float64 ones stay float64 next to float64 inputs, which only the CPU kernels take).
@@ -378,55 +459,99 @@ def _quack_weight(x: Tensor, weight: Tensor | None) -> Tensor | None:
 
 def _rms_norm_quack(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     if weight is not None and weight.ndim > 1:
-        return _rms_norm_torch(x, weight, eps)
-    w = _quack_weight(x, weight)
-    y, _ = _RMSNormFused.apply(_rows(x), w, eps)
-    y = y.reshape(x.shape)
-    return y
+        return rms_norm_reference(x, weight, eps)
+    rows, w = _rows(x), _quack_weight(x, weight)
+    if _transforms_active():
+        y, _ = _RMSNormFused.apply(rows, w, eps)
+    else:
+        y = _RMSNormEager.apply(rows, w, eps)
+    return y.reshape(x.shape)
 
 
 def _layer_norm_quack(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     if weight is None or any(p is not None and p.ndim > 1 for p in (weight, bias)):
         return _layer_norm_torch(x, weight, bias, eps)
-    y, _, _ = _LayerNormFused.apply(_rows(x), _quack_weight(x, weight), bias, eps)
+    rows, w = _rows(x), _quack_weight(x, weight)
+    if _transforms_active():
+        y, _, _ = _LayerNormFused.apply(rows, w, bias, eps)
+    else:
+        y = _LayerNormEager.apply(rows, w, bias, eps)
     return y.reshape(x.shape)
 
 
-def _quack_check(facts: Mapping[str, Any]) -> str | None:
-    reason = quack_unavailable_reason(facts["device"])
-    if reason is not None:
-        return reason
-    if facts["dtype"] not in _QUACK_DTYPES:
-        return f"dtype {facts['dtype']} (quack takes float16/bfloat16/float32)"
-    if facts.get("weight_ndim", 1) > 1:
-        return "per-head weight (quack's per-head layout is not wired here)"
-    if facts["dtype"] == torch.float32 and facts.get("n", 0) > _QUACK_MAX_N_FP32:
-        return f"n = {facts['n']} > {_QUACK_MAX_N_FP32} with float32 (quack's backward limit)"
-    return None
+@torch.compiler.assume_constant_result
+def _quack_reason(device: str) -> str | None:
+    # quack_unavailable_reason imports modules (cached with functools.cache, which dynamo does not
+    # honour): under torch.compile its answer is taken as a constant instead of being traced.
+    return quack_unavailable_reason(device)
 
 
-def _quack_layer_norm_check(facts: Mapping[str, Any]) -> str | None:
-    if facts.get("weight_ndim", 1) == 0:
-        return "no weight (quack's LayerNorm needs one)"
-    return _quack_check(facts)
+# Below these row lengths PyTorch's kernels were faster on the lent H100 (bf16, 32768 rows:
+# RMSNorm at 1024 vs 4096; LayerNorm forward+backward at 4096 vs 8192): quack's per-call Python
+# work is then not hidden behind the GPU time. See docs/benchmarks.md.
+_QUACK_MIN_N = {"rms_norm": 4096, "layer_norm": 8192}
 
 
-rms_norm_op = Op(
+def _quack_check_for(op: str) -> Callable[[Mapping[str, Any]], str | None]:
+    def check(facts: Mapping[str, Any]) -> str | None:
+        reason = _quack_reason(str(torch.device(facts["device"])))
+        if reason is not None:
+            return reason
+        dtype, n = facts["dtype"], facts.get("n", 0)
+        if dtype not in _QUACK_DTYPES:
+            return f"dtype {dtype} (quack takes float16/bfloat16/float32)"
+        weight_ndim = facts.get("weight_ndim", 1)
+        if weight_ndim > 1:
+            return "per-head weight (quack's per-head layout is not wired here)"
+        if op == "layer_norm" and weight_ndim == 0:
+            return "no weight (quack's LayerNorm needs one)"
+        if dtype == torch.float32 and n > _QUACK_MAX_N_FP32:
+            return f"n = {n} > {_QUACK_MAX_N_FP32} with float32 (quack's backward limit)"
+        return None
+
+    return check
+
+
+class _NormOp(Op):
+    """An op whose quack backend is passed over below a row length by preference.
+
+    Short rows go to the ``torch`` backend when quack could run but PyTorch's kernel was measured
+    faster. That is a choice, not a missing capability, so strict mode does not treat it as a
+    fallback (it still raises if ``torch`` itself cannot run).
+    """
+
+    def decide(self, facts: Mapping[str, Any], backend: str | None = None) -> Decision:
+        min_n = _QUACK_MIN_N[self.name]
+        if (
+            backend is None
+            and torch.device(facts["device"]).type == "cuda"
+            and facts.get("n", 0) < min_n
+            and self.backends[0].check(facts) is None
+            and self.backends[1].check(facts) is None
+        ):
+            why = f"n = {facts.get('n', 0)} < {min_n}: PyTorch's kernel was measured faster"
+            return Decision(self.name, "torch", (("quack", why),))
+        return super().decide(facts, backend)
+
+
+rms_norm_op = _NormOp(
     "rms_norm",
     [
-        Backend("quack", _rms_norm_quack, devices=("cuda",), check=_quack_check),
+        Backend("quack", _rms_norm_quack, devices=("cuda",), check=_quack_check_for("rms_norm")),
         Backend("torch", _rms_norm_torch, devices=("cuda",), check=_torch_check),
         Backend("reference", rms_norm_reference),
     ],
     example_facts={"n": 4096, "weight_ndim": 1},
 )
 
-layer_norm_op = Op(
+layer_norm_op = _NormOp(
     "layer_norm",
     [
-        Backend("quack", _layer_norm_quack, devices=("cuda",), check=_quack_layer_norm_check),
+        Backend(
+            "quack", _layer_norm_quack, devices=("cuda",), check=_quack_check_for("layer_norm")
+        ),
         Backend("torch", _layer_norm_torch, devices=("cuda",), check=_torch_check),
         Backend("reference", layer_norm_reference),
     ],
-    example_facts={"n": 4096, "weight_ndim": 1},
+    example_facts={"n": 8192, "weight_ndim": 1},
 )
