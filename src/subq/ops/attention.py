@@ -185,7 +185,7 @@ def sdpa_attention(
         attn_mask = allowed
     facts = {"device": query.device, "dtype": query.dtype, "head_dim": d, "has_mask": True}
     fn = sdpa_op.select(facts, backend)
-    out = fn(query, key, value, attn_mask, False, scale, gqa)
+    out = _fused(fn, query, key, value, attn_mask, False, scale, gqa)
     if row_ok is not None:
         out = torch.where(row_ok, out, torch.zeros_like(out))
     return out
@@ -196,9 +196,11 @@ def _fused(fn, q, k, v, attn_mask, is_causal, scale, gqa):
     # vmapped axes into the batch (plain SDPA would drop to its math kernel there). Dynamo
     # cannot trace the wrapper query; compiled code keeps plain SDPA.
     if not torch.compiler.is_compiling() and any(
-        torch._C._functorch.is_functorch_wrapped_tensor(x) for x in (q, k, v)
+        torch._C._functorch.is_functorch_wrapped_tensor(x)
+        for x in (q, k, v, attn_mask)
+        if x is not None
     ):
-        return _FoldedSDPA.apply(q, k, v, fn, is_causal, scale, gqa)
+        return _FoldedSDPA.apply(q, k, v, attn_mask, fn, is_causal, scale, gqa)
     return fn(q, k, v, attn_mask, is_causal, scale, gqa)
 
 
@@ -206,36 +208,47 @@ class _FoldedSDPA(torch.autograd.Function):
     """SDPA whose vmap rule folds vmapped axes into the batch (keeps the fused kernel)."""
 
     @staticmethod
-    def forward(q, k, v, fn, is_causal, scale, gqa):
-        return fn(q, k, v, None, is_causal, scale, gqa)
+    def forward(q, k, v, attn_mask, fn, is_causal, scale, gqa):
+        return fn(q, k, v, attn_mask, is_causal, scale, gqa)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        q, k, v, fn, is_causal, scale, gqa = inputs
-        ctx.save_for_backward(q, k, v)
+        q, k, v, attn_mask, fn, is_causal, scale, gqa = inputs
+        ctx.save_for_backward(q, k, v, attn_mask)
         ctx.fn, ctx.is_causal, ctx.scale, ctx.gqa = fn, is_causal, scale, gqa
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v = ctx.saved_tensors
+        q, k, v, mask = ctx.saved_tensors
+        mask_grad = mask is not None and mask.is_floating_point() and ctx.needs_input_grad[3]
 
-        def forward(q, k, v):
-            return ctx.fn(q, k, v, None, ctx.is_causal, ctx.scale, ctx.gqa)
+        def forward(q, k, v, *m):
+            return ctx.fn(q, k, v, m[0] if m else mask, ctx.is_causal, ctx.scale, ctx.gqa)
 
         # Recompute the forward under torch.func.vjp (requires_grad_ is not allowed inside
         # functorch transforms); the fused kernel's own backward then runs.
-        _, pullback = torch.func.vjp(forward, q, k, v)
-        dq, dk, dv = pullback(grad_out)
-        return dq, dk, dv, None, None, None, None
+        primals = (q, k, v, mask) if mask_grad else (q, k, v)
+        _, pullback = torch.func.vjp(forward, *primals)
+        grads = pullback(grad_out)
+        dmask = grads[3] if mask_grad else None
+        return grads[0], grads[1], grads[2], dmask, None, None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, q, k, v, fn, is_causal, scale, gqa):
+    def vmap(info, in_dims, q, k, v, attn_mask, fn, is_causal, scale, gqa):
         n = info.batch_size
+        qd, kd, vd, md = in_dims[:4]
+        b = q.shape[0] if qd is None else q.movedim(qd, 0).shape[1]
 
         def fold(x, d):
             x = x.unsqueeze(0).expand(n, *x.shape) if d is None else x.movedim(d, 0)
-            return x.reshape(n * x.shape[1], *x.shape[2:])
+            if x.shape[1] != b:  # a broadcast batch axis of a mask
+                x = x.expand(n, b, *x.shape[2:])
+            return x.reshape(n * b, *x.shape[2:])
 
-        qd, kd, vd = in_dims[:3]
-        out = _FoldedSDPA.apply(fold(q, qd), fold(k, kd), fold(v, vd), fn, is_causal, scale, gqa)
-        return out.reshape(n, -1, *out.shape[1:]), 0
+        mask = attn_mask
+        if mask is not None and (md is not None or mask.shape[0] != 1):
+            mask = fold(mask, md)
+        out = _FoldedSDPA.apply(
+            fold(q, qd), fold(k, kd), fold(v, vd), mask, fn, is_causal, scale, gqa
+        )
+        return out.reshape(n, b, *out.shape[1:]), 0
