@@ -3,6 +3,8 @@
 Stage 1 (no quack): the ``torch`` backends against the reference, then the benchmarks.
 Stage 2 (quack installed): the ``quack`` backends (forward and gradients) against the reference,
 dispatch, ``torch.compile(fullgraph=True)`` and ``vmap`` of the quack path, then the benchmarks.
+Stage 3 (no quack): the torch backends again, compile and vmap of the CUDA path, and the per-call
+Python cost of the quack wrappers measured on the host's CPU.
 
     source .gpu/base/setup.sh stage && python3 bench/gpu_norm.py --stage 1   # carry base, quack_a
     source .gpu/base/setup.sh quack && python3 bench/gpu_norm.py --stage 2   # carry base, quack_b
@@ -162,7 +164,7 @@ def compile_and_vmap_check() -> None:
     errs = [compute_relative_error(y_e, y_c)] + [
         compute_relative_error(a, c) for a, c in zip(g_e, g_c, strict=True)
     ]
-    record("compile(fullgraph) of rms_norm*layer_norm (quack)", breaks == 0 and max(errs) < 1e-2,
+    record("compile(fullgraph) of rms_norm*layer_norm", breaks == 0 and max(errs) < 1e-2,
            graph_breaks=breaks, errors=errs)  # fmt: skip
 
     xs = torch.randn(3, 32, 512, generator=g).to(DEV)
@@ -184,7 +186,41 @@ def compile_and_vmap_check() -> None:
     for i in range(3):
         want = torch.func.grad(ref_loss, argnums=(0, 1, 2))(xs[i], w32, b32)
         worst = max(worst, *(compute_relative_error(r, gi[i]) for r, gi in zip(want, got)))
-    record("vmap(grad) of the quack path vs reference, fp32", worst < 1e-5, worst_err=worst)
+    record("vmap(grad) of the CUDA path vs reference, fp32", worst < 1e-5, worst_err=worst)
+
+
+def overhead_check() -> None:
+    """Per-call Python cost of the quack backend's wrappers, on tiny CPU tensors (CPU kernels)."""
+    import torch.nn.functional as F
+
+    import subq.ops.norm as on
+
+    x = torch.randn(4, 64, requires_grad=True)
+    w = torch.ones(64, requires_grad=True)
+    dy = torch.randn(4, 64)
+
+    def per_call_us(fn, n=2000):
+        for _ in range(50):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(), (x, w), dy)
+
+    paths = {
+        "F.rms_norm": lambda: F.rms_norm(x, (64,), w, 1e-6),
+        "eager path": lambda: on._RMSNormEager.apply(x, w, 1e-6),
+        "transform path": lambda: on._RMSNormFused.apply(x, w, 1e-6)[0],
+    }
+    timings = {}
+    for name, fn in paths.items():
+        with torch.no_grad():
+            fwd = per_call_us(fn)
+        timings[name] = {"fwd_us": round(fwd, 1), "fwd+bwd_us": round(per_call_us(fwd_bwd(fn)), 1)}
+    record("per-call overhead on this host (CPU tensors 4x64)", True, **timings)
 
 
 def benchmarks(names: list[str]) -> None:
@@ -197,7 +233,7 @@ def benchmarks(names: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--backend", help="override the backend under test (dry runs)")
     args = parser.parse_args()
@@ -212,6 +248,11 @@ def main() -> None:
         parity_suite(args.backend or "torch")
         if DEV == "cuda":
             benchmarks(["rms_norm", "layer_norm"])
+    elif args.stage == 3:
+        # No quack: the compile fix (capability check not traced), torch backends, overheads.
+        parity_suite("torch")
+        step("compile/vmap", compile_and_vmap_check)
+        step("overhead", overhead_check)
     else:
         step("quack import", lambda: __import__("quack.rmsnorm"))
         parity_suite("quack")
