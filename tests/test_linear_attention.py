@@ -1,0 +1,183 @@
+"""Linear attention: chunked and recurrent forms against a quadratic oracle, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from subq.functional.attention import AttentionConfig, init_attention, multi_head_attention
+from subq.functional.linear_attention import (
+    FEATURE_MAPS,
+    init_linear_attention_state,
+    linear_attention,
+    linear_attention_step,
+)
+from subq.testing import assert_causal, assert_close_rel, assert_compiles
+from subq.testing.strategies import randn
+
+
+def phi(x, name):
+    return {
+        "elu": lambda x: F.elu(x) + 1,
+        "relu": F.relu,
+        "softmax": lambda x: x.softmax(-1),
+        "identity": lambda x: x,
+    }[name](x)
+
+
+def oracle(q, k, v, name, causal, keep=None, normalize=True):
+    """The quadratic form: weights φ(q)·φ(k) over visible keys, normalised by their sum."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    w = torch.einsum("bhtd,bhsd->bhts", phi(q, name), phi(k, name))
+    t, s = w.shape[-2:]
+    if causal:
+        w = w * torch.ones(t, s, dtype=torch.bool).tril()
+    if keep is not None:
+        w = w * keep[:, None, None, :]
+    num = w @ v
+    if not normalize:
+        return num
+    den = w.sum(-1, keepdim=True)
+    return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)
+
+
+def qkv(b=2, h=4, kvh=2, t=13, d=6, seed=0):
+    return (
+        randn(b, h, t, d, seed=seed),
+        randn(b, kvh, t, d, seed=seed + 1),
+        randn(b, kvh, t, 5, seed=seed + 2),
+    )
+
+
+@pytest.mark.parametrize("name", FEATURE_MAPS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("chunk", [1, 4, 13, 64])
+def test_matches_quadratic_oracle(name, causal, chunk):
+    q, k, v = qkv()
+    normalize = name != "identity"
+    expected = oracle(q, k, v, name, causal, normalize=normalize)
+    got = linear_attention(
+        q, k, v, causal=causal, feature_map=name, chunk_size=chunk, normalize=normalize
+    )
+    assert_close_rel(expected, got, 1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_mask_is_honoured(causal):
+    # The reference's causal linear attention with a mask attends only to token 0.
+    q, k, v = qkv()
+    keep = torch.ones(2, 13, dtype=torch.bool)
+    keep[0, 8:] = False
+    keep[1, :5] = False
+    expected = oracle(q, k, v, "elu", causal, keep)
+    got = linear_attention(q, k, v, causal=causal, chunk_size=4, key_padding_mask=keep)
+    assert_close_rel(expected, got, 1e-12)
+    if causal:  # rows before the first real key see nothing: zeros
+        assert got[1, :, :5].abs().max() == 0
+
+
+def test_recurrent_decode_equals_chunked():
+    q, k, v = qkv(t=11)
+    full = linear_attention(q, k, v, causal=True, chunk_size=4)
+    prompt = 5
+    out, state = linear_attention(
+        q[:, :, :prompt],
+        k[:, :, :prompt],
+        v[:, :, :prompt],
+        causal=True,
+        chunk_size=4,
+        return_state=True,
+    )
+    outs = [out]
+    for i in range(prompt, 11):
+        sl = slice(i, i + 1)
+        y, state = linear_attention_step(state, q[:, :, sl], k[:, :, sl], v[:, :, sl])
+        outs.append(y)
+    assert_close_rel(full, torch.cat(outs, 2), 1e-12)
+    # From an empty state, a long sequence in two pieces equals one call.
+    empty = init_linear_attention_state(2, 2, 6, 5, dtype=torch.float64)
+    a, st = linear_attention(
+        q[:, :, :6],
+        k[:, :, :6],
+        v[:, :, :6],
+        causal=True,
+        chunk_size=4,
+        initial_state=empty,
+        return_state=True,
+    )
+    b_ = linear_attention(
+        q[:, :, 6:], k[:, :, 6:], v[:, :, 6:], causal=True, chunk_size=3, initial_state=st
+    )
+    assert_close_rel(full, torch.cat([a, b_], 2), 1e-12)
+
+
+def test_causal_by_perturbation_and_gradient():
+    def f(x):
+        q = x.reshape(2, 9, 2, 3).transpose(1, 2)
+        return (
+            linear_attention(q, q * 0.5, q.flip(-1), causal=True, chunk_size=4)
+            .transpose(1, 2)
+            .reshape(2, 9, 6)
+        )
+
+    assert_causal(f, randn(2, 9, 6, seed=3), time_axis=1)
+
+
+def test_gradients_match_oracle():
+    q, k, v = qkv(t=10)
+    cot = randn(2, 4, 10, 5, seed=8)
+
+    def grads(fn):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        return torch.autograd.grad((fn(*leaves) * cot).sum(), leaves)
+
+    expected = grads(lambda q, k, v: oracle(q, k, v, "elu", True))
+    got = grads(lambda q, k, v: linear_attention(q, k, v, causal=True, chunk_size=3))
+    assert_close_rel(expected, got, 1e-11)
+
+
+def test_compiles_and_vmaps():
+    q, k, v = qkv(t=9)
+
+    def f(q, k, v):
+        return linear_attention(q, k, v, causal=True, chunk_size=4)
+
+    assert_compiles(f, q, k, v)
+    stacked = torch.stack([q, 2 * q])
+    out = torch.func.vmap(f, in_dims=(0, None, None))(stacked, k, v)
+    assert_close_rel(torch.stack([f(q, k, v), f(2 * q, k, v)]), out, 1e-12)
+
+
+def test_bf16_error_bound():
+    q, k, v = qkv(t=64, d=16)
+    ref = linear_attention(q, k, v, causal=True, chunk_size=16)
+    out = linear_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, chunk_size=16)
+    assert out.dtype == torch.bfloat16
+    assert_close_rel(ref, out.double(), 1e-2)
+
+
+def test_layer_with_linear_backend():
+    cfg = AttentionConfig(
+        dim=12, num_heads=2, causal=True, attention_type="linear", linear_attention_chunk_size=3
+    )
+    p = init_attention(cfg, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = randn(2, 7, 12, seed=1)
+    assert_causal(lambda x: multi_head_attention(p, x, cfg=cfg), x, time_axis=1)
+
+
+def test_bad_input_errors():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="feature_map"):
+        linear_attention(q, k, v, feature_map="cos")
+    with pytest.raises(ValueError, match="chunk_size"):
+        linear_attention(q, k, v, causal=True, chunk_size=0)
+    with pytest.raises(ValueError, match="kv_heads"):
+        linear_attention(q, randn(2, 3, 13, 6, seed=0), randn(2, 3, 13, 5, seed=0))
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        linear_attention(q, k, v, key_padding_mask=torch.ones(2, 12, dtype=torch.bool))
+    with pytest.raises(ValueError, match="causal"):
+        linear_attention(q, k[:, :, :5], v[:, :, :5], causal=True)
+    with pytest.raises(ValueError, match="window"):
+        AttentionConfig(dim=8, num_heads=2, causal=True, window=3, attention_type="linear")
