@@ -19,7 +19,14 @@ def quick_run(tmp_path_factory):
     # Shorter sequences and fewer examples than --quick's defaults keep the suite fast; the
     # pipeline (both default mixers, every output) is the same.
     cfg = DemoConfig(
-        quick=True, seq_len=32, pairs=4, width=32, num_train=256, num_test=64, device="cpu"
+        quick=True,
+        seq_len=32,
+        pairs=4,
+        width=32,
+        num_train=256,
+        num_test=64,
+        device="cpu",
+        threads=1,
     )
     summary = run_demo(cfg, out, progress=False, log=lines.append)
     return out, summary, "\n".join(lines)

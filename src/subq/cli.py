@@ -76,6 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             lr=args.lr,
             seed=args.seed,
             device=args.device,
+            threads=args.threads,
             quick=args.quick,
         )
         run_demo(cfg, args.out, progress=not args.no_progress)
@@ -129,6 +130,9 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)"
+    )
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smoke test of a few seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -77,6 +77,8 @@ class DemoConfig:
         lr: peak learning rate (AdamW, weight decay 0.1 on matrices, cosine schedule).
         seed: seeds the data, the initial parameters and the shuffling.
         device: torch device; None picks CUDA when available, else the CPU.
+        threads: CPU threads of torch during the run (restored after); None keeps the current
+            setting. One thread avoids oversubscription when other processes share the cores.
         quick: a smoke-test size that runs in seconds (the results mean little).
     """
 
@@ -93,6 +95,7 @@ class DemoConfig:
     lr: float = attrs.field(default=3e-3, converter=float)
     seed: int = attrs.field(default=0, validator=v.instance_of(int))
     device: str | None = attrs.field(default=None)
+    threads: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
     quick: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
@@ -221,13 +224,32 @@ def run_demo(
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, specs, task, training, device, out, progress, log)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _run(
+    cfg: DemoConfig,
+    specs: dict[str, dict[str, Any]],
+    task: MQARConfig,
+    training: TrainConfig,
+    device: torch.device,
+    out: Path,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     started = time.perf_counter()
     data = make_mqar(task)
     log(
         f"MQAR: V={task.vocab_size} L={task.seq_len} kv={task.num_pairs}, "
         f"{task.num_train} train / {task.num_test} test examples; width {cfg.width}, "
-        f"{cfg.num_layers} layers, ≤{training.epochs} epochs, device {device}"
+        f"{cfg.num_layers} layers, ≤{training.epochs} epochs, device {device}, "
+        f"{torch.get_num_threads()} CPU threads"
     )
     results = []
     for name, spec in specs.items():
@@ -245,7 +267,20 @@ def run_demo(
             + "\n"
         )
         model = build_lm(spec, seed=cfg.seed).to(device)
-        run = fit(model, data, training, progress=progress, desc=f"{name:>10}")
+        run = fit(
+            model,
+            data,
+            training,
+            progress=progress,
+            desc=f"{name:>10}",
+            # Without a progress bar, one line per epoch shows that the run advances.
+            on_epoch=None
+            if progress
+            else lambda r, name=name: log(
+                f"{name}: epoch {r.epoch}  train loss {r.train_loss:.3f}  "
+                f"test acc {r.test_acc:.3f}  ({r.seconds:.1f} s)"
+            ),
+        )
         results.append(
             {
                 "mixer": name,
