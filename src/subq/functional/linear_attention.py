@@ -182,7 +182,8 @@ def linear_attention(
         den = torch.einsum("bkgtd,bkd->bkgt", fq, fk.sum(2))[..., None]
         out = _normalised(num, den, normalize, eps)
         return out.reshape(b, heads, t, dv).to(query.dtype)
-    out, state = _causal_chunked(fq, fk, vv, chunk_size, normalize, eps, initial_state)
+    mm = query.dtype if query.dtype in (torch.float16, torch.bfloat16) else cd
+    out, state = _causal_chunked(fq, fk, vv, chunk_size, normalize, eps, initial_state, mm)
     out = out.reshape(b, heads, t, dv).to(query.dtype)
     return (out, state) if return_state else out
 
@@ -195,8 +196,12 @@ def _normalised(num: Tensor, den: Tensor, normalize: bool, eps: float) -> Tensor
     return num / torch.where(den != 0, den, torch.ones_like(den))
 
 
-def _causal_chunked(fq, fk, v, chunk, normalize, eps, initial_state):
-    """fq ``[B, KVH, G, T, D]``, fk ``[B, KVH, T, D]``, v ``[B, KVH, T, E]``."""
+def _causal_chunked(fq, fk, v, chunk, normalize, eps, initial_state, mm_dtype):
+    """fq ``[B, KVH, G, T, D]``, fk ``[B, KVH, T, D]``, v ``[B, KVH, T, E]`` (compute dtype).
+
+    The matrix products run in ``mm_dtype`` (the input dtype for float16/bfloat16, so the
+    tensor cores are used); the running sums and the denominators stay in the compute dtype.
+    """
     b, kvh, g, t, d = fq.shape
     e = v.shape[-1]
     n = -(-t // chunk)
@@ -206,22 +211,24 @@ def _causal_chunked(fq, fk, v, chunk, normalize, eps, initial_state):
         fq = F.pad(fq, (0, 0, 0, pad))
         fk = F.pad(fk, (0, 0, 0, pad))
         v = F.pad(v, (0, 0, 0, pad))
+    cd = fq.dtype
     qc = fq.reshape(b, kvh, g, n, chunk, d)
     kc = fk.reshape(b, kvh, n, chunk, d)
     vc = v.reshape(b, kvh, n, chunk, e)
+    qm, km, vm = qc.to(mm_dtype), kc.to(mm_dtype), vc.to(mm_dtype)
     # Sums of each chunk, then an exclusive prefix over chunks: the state before each chunk.
-    kv_chunk = torch.einsum("bkncd,bknce->bknde", kc, vc)
+    kv_chunk = torch.einsum("bkncd,bknce->bknde", km, vm).to(cd)
     ks_chunk = kc.sum(3)
     kv_before = kv_chunk.cumsum(2) - kv_chunk
     ks_before = ks_chunk.cumsum(2) - ks_chunk
     if initial_state is not None:
-        kv_before = kv_before + initial_state.kv.to(fq.dtype)[:, :, None]
-        ks_before = ks_before + initial_state.k_sum.to(fq.dtype)[:, :, None]
+        kv_before = kv_before + initial_state.kv.to(cd)[:, :, None]
+        ks_before = ks_before + initial_state.k_sum.to(cd)[:, :, None]
     tri = torch.ones(chunk, chunk, dtype=torch.bool, device=fq.device).tril()
-    scores = torch.einsum("bkgncd,bknsd->bkgncs", qc, kc) * tri
-    num = torch.einsum("bkgncs,bknse->bkgnce", scores, vc)
-    num = num + torch.einsum("bkgncd,bknde->bkgnce", qc, kv_before)
-    den = scores.sum(-1) + torch.einsum("bkgncd,bknd->bkgnc", qc, ks_before)
+    scores = torch.einsum("bkgncd,bknsd->bkgncs", qm, km) * tri
+    num = torch.einsum("bkgncs,bknse->bkgnce", scores, vm).to(cd)
+    num = num + torch.einsum("bkgncd,bknde->bkgnce", qm, kv_before.to(mm_dtype)).to(cd)
+    den = scores.to(cd).sum(-1) + torch.einsum("bkgncd,bknd->bkgnc", qc, ks_before)
     out = _normalised(num, den[..., None], normalize, eps)
     out = out.reshape(b, kvh, g, n * chunk, e)[:, :, :, :t]
     state = LinearAttentionState(
