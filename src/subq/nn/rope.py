@@ -81,7 +81,7 @@ class RotaryEmbedding(nn.Module):
         return c
 
     def _grid(self, x: Tensor) -> tuple[int, ...]:
-        need = self.n_axes + 2
+        need = self.n_axes + 3
         if x.ndim < need:
             raise ValueError(
                 f"RotaryEmbedding: inputs must have at least {need} axes "
