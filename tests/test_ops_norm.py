@@ -305,11 +305,14 @@ def test_short_rows_without_quack_fall_back_as_usual(quack_missing):
 def test_quack_capability_check_compiles_without_tracing_imports(monkeypatch):
     import importlib
 
-    def reason_with_import(device):
+    from subq.ops import capabilities
+
+    def reason_with_import(device_index):
         importlib.import_module("json")  # what the real check does (dynamo refuses to trace it)
         return None
 
-    monkeypatch.setattr(opnorm, "quack_unavailable_reason", reason_with_import)
+    # Patch the probe *inside* the public, constant-marked quack_unavailable_reason.
+    monkeypatch.setattr(capabilities, "_quack_reason", reason_with_import)
 
     def f(x):
         return x + (1.0 if rms_norm_op.decide(CUDA_BF16).chosen == "quack" else 2.0)

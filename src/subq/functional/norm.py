@@ -196,7 +196,12 @@ def rms_norm(
         moved = x.movedim(1, -1)
         return rms_norm(params, moved, eps=eps, backend=backend).movedim(-1, 1)
     _check_weight("rms_norm", x, params.weight)
-    facts = {"device": x.device, "dtype": x.dtype, "n": x.shape[-1]}
+    facts = {
+        "device": x.device,
+        "dtype": x.dtype,
+        "n": x.shape[-1],
+        "weight_ndim": 0 if params.weight is None else params.weight.ndim,
+    }
     return rms_norm_op.select(facts, backend)(x, params.weight, eps)
 
 
@@ -207,6 +212,7 @@ def layer_norm(
     *,
     eps: float = 1e-5,
     channels_first: bool = False,
+    backend: str | None = None,
 ) -> Float[Tensor, "..."]:
     """``(x - mean) / sqrt(var + eps) * weight + bias`` over the channel axis, in float32.
 
@@ -215,9 +221,10 @@ def layer_norm(
         x: as for :func:`rms_norm`.
         eps: added to the variance.
         channels_first: normalise over axis 1 instead of the last axis.
+        backend: force a backend of the ``layer_norm`` op; ``None`` lets the dispatcher choose.
     """
     if channels_first:
-        return layer_norm(params, x.movedim(1, -1), eps=eps).movedim(-1, 1)
+        return layer_norm(params, x.movedim(1, -1), eps=eps, backend=backend).movedim(-1, 1)
     weight, bias = params.weight, params.bias
     _check_weight("layer_norm", x, weight)
     _check_weight("layer_norm", x, bias)
@@ -225,4 +232,4 @@ def layer_norm(
     # weight_ndim: 0 without a weight, 2 if either parameter is per head.
     weight_ndim = 0 if weight is None else max(weight.ndim, 0 if bias is None else bias.ndim)
     facts = {"device": x.device, "dtype": x.dtype, "n": x.shape[-1], "weight_ndim": weight_ndim}
-    return layer_norm_op.select(facts)(x, weight, bias, eps)
+    return layer_norm_op.select(facts, backend)(x, weight, bias, eps)

@@ -37,6 +37,9 @@ def _quack_reason(device_index: int | None) -> str | None:
     return None
 
 
+# Dispatch runs inside torch.compile regions; this probe imports modules and uses functools.cache,
+# which dynamo cannot trace, so under compile its answer is taken as a constant.
+@torch.compiler.assume_constant_result
 def quack_unavailable_reason(device: torch.device | str | int | None = None) -> str | None:
     """None if quack kernels can run on ``device``, else why not."""
     if device is None:

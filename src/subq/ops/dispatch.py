@@ -179,6 +179,7 @@ def explain(op: str, **facts: Any) -> str:
         >>> import torch
         >>> print(explain("rms_norm", device="cpu", dtype=torch.float32, n=64))
         rms_norm: using 'reference'
+          not 'quack': targets cuda, not cpu
           not 'torch': targets cuda, not cpu
     """
     facts.setdefault("device", "cpu")

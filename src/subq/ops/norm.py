@@ -479,13 +479,6 @@ def _layer_norm_quack(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps
     return y.reshape(x.shape)
 
 
-@torch.compiler.assume_constant_result
-def _quack_reason(device: str) -> str | None:
-    # quack_unavailable_reason imports modules (cached with functools.cache, which dynamo does not
-    # honour): under torch.compile its answer is taken as a constant instead of being traced.
-    return quack_unavailable_reason(device)
-
-
 # Below these row lengths PyTorch's kernels were faster on the lent H100 (bf16, 32768 rows:
 # RMSNorm at 1024 vs 4096; LayerNorm forward+backward at 4096 vs 8192): quack's per-call Python
 # work is then not hidden behind the GPU time. See docs/benchmarks.md.
@@ -494,7 +487,7 @@ _QUACK_MIN_N = {"rms_norm": 4096, "layer_norm": 8192}
 
 def _quack_check_for(op: str) -> Callable[[Mapping[str, Any]], str | None]:
     def check(facts: Mapping[str, Any]) -> str | None:
-        reason = _quack_reason(str(torch.device(facts["device"])))
+        reason = quack_unavailable_reason(str(torch.device(facts["device"])))
         if reason is not None:
             return reason
         dtype, n = facts["dtype"], facts.get("n", 0)
