@@ -267,9 +267,14 @@ def rope_cache_from_positions(
             the cache is then ``[B, T, W]``; unsqueeze a heads axis to apply it to
             ``[B, heads, T, D]``), or ``[..., n_axes]`` coordinates for several axes (point
             clouds, irregular grids).
-        head_dim, base, sections, pairing, rotary_dim, dtype: as for :func:`rope_cache`.
+        head_dim: channels of the vectors to rotate.
+        base: frequency base.
+        sections: rotated channels per axis (equal split by default).
         n_axes: number of axes; default ``len(sections)`` if given, else 1. With one axis a
             trailing axis of ``positions`` is a position axis, never a coordinate axis.
+        pairing: as for :func:`rope_cache`.
+        rotary_dim: rotate only the first ``rotary_dim`` channels; default ``head_dim``.
+        dtype: cache dtype.
 
     Returns:
         A :class:`RopeCache` with ``cos``/``sin`` of shape ``[..., W]``.
