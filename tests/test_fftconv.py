@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from subq.functional.fftconv import fft_conv
-from subq.ops.fftconv import fft_conv_plan, next_fast_len
+from subq.ops.fftconv import fft_conv_direct, fft_conv_plan, next_fast_len
 from subq.testing import (
     assert_causal,
     assert_close_rel,
@@ -25,39 +24,7 @@ def _g(seed: int) -> torch.Generator:
 
 
 def direct_conv(x, kernel, modes, skip=None):
-    """Oracle: F.conv{1,2,3}d of the flipped kernel with the padding each mode implies.
-
-    Circular padding by tiling, so kernels longer than the input work too.
-    """
-    nd = len(modes)
-    xp = x
-    for i, m in enumerate(modes):
-        k, n, ax = kernel.shape[-nd + i], x.shape[2 + i], 2 + i
-        lo, hi = (k - 1, 0) if m == "causal" else (k - 1 - k // 2, k // 2)
-        if m == "circular":
-            reps = -(-max(lo, hi) // n) + 1
-            tiled = torch.cat([xp] * (2 * reps + 1), dim=ax)
-            xp = tiled.narrow(ax, reps * n - lo, n + lo + hi)
-        else:
-            shape = list(xp.shape)
-            shape[ax] = lo
-            before = xp.new_zeros(shape)
-            shape[ax] = hi
-            xp = torch.cat([before, xp, xp.new_zeros(shape)], ax)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
-    flipped = kernel.flip(list(range(-nd, 0)))
-    if kernel.ndim == nd + 2:  # per-sample: one grouped conv per sample
-        y = torch.cat(
-            [
-                conv(xp[b : b + 1], flipped[b].unsqueeze(1), groups=x.shape[1])
-                for b in range(x.shape[0])
-            ]
-        )
-    else:
-        y = conv(xp, flipped.unsqueeze(1), groups=x.shape[1])
-    if skip is not None:
-        y = y + x * skip.reshape(-1, *([1] * nd))
-    return y
+    return fft_conv_direct(x, kernel, skip, modes)
 
 
 CASES = [

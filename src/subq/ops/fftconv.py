@@ -40,6 +40,7 @@ from subq.ops.dispatch import Backend, Op
 
 __all__ = [
     "MODES",
+    "fft_conv_direct",
     "fft_conv_op",
     "fft_conv_plan",
     "fft_conv_reference",
@@ -329,6 +330,39 @@ def _compiled_check(facts: Mapping[str, Any]) -> str | None:
     if reason is not None:
         return reason
     return None
+
+
+def fft_conv_direct(x: Tensor, kernel: Tensor, skip: Tensor | None, modes: Sequence[str]) -> Tensor:
+    """Independent oracle: ``F.conv{1,2,3}d`` of the flipped kernel with each mode's padding.
+
+    ``O(N·K)`` per axis; for tests. Circular padding tiles the input, so kernels longer than the
+    input work too. ``kernel`` is ``[C, *K]`` or per-sample ``[B, C, *K]``.
+    """
+    nd = len(modes)
+    xp = x
+    for i, m in enumerate(modes):
+        k, n, ax = kernel.shape[kernel.ndim - nd + i], x.shape[2 + i], 2 + i
+        lo, hi = (k - 1, 0) if m == "causal" else (k - 1 - k // 2, k // 2)
+        if m == "circular":
+            reps = -(-max(lo, hi) // n) + 1
+            xp = torch.cat([xp] * (2 * reps + 1), dim=ax).narrow(ax, reps * n - lo, n + lo + hi)
+        else:
+            pad = [0, 0] * (xp.ndim - 1 - ax) + [lo, hi]
+            xp = torch.nn.functional.pad(xp, pad)
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[
+        nd - 1
+    ]
+    flipped = kernel.flip(list(range(-nd, 0)))
+    groups = x.shape[1]
+    if kernel.ndim == nd + 2:  # per sample: one grouped convolution per sample
+        y = torch.cat(
+            [conv(xp[b : b + 1], flipped[b].unsqueeze(1), groups=groups) for b in range(x.shape[0])]
+        )
+    else:
+        y = conv(xp, flipped.unsqueeze(1), groups=groups)
+    if skip is not None:
+        y = y + x * skip.reshape(-1, *([1] * nd))
+    return y
 
 
 fft_conv_op = Op(

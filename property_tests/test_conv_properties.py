@@ -1,0 +1,55 @@
+"""Hypothesis properties of the FFT convolution over drawn modes, ranks, sizes and kernels."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from subq.functional.fftconv import fft_conv
+from subq.ops.fftconv import fft_conv_direct
+from subq.testing import assert_close_rel, assert_equivariant
+from subq.testing.strategies import axis_sizes, randn, seeds
+
+
+@st.composite
+def conv_problems(draw):
+    nd = draw(st.integers(1, 3))
+    if nd == 1:
+        modes = (draw(st.sampled_from(["causal", "zero", "circular"])),)
+    else:
+        modes = tuple(draw(st.sampled_from(["zero", "circular"])) for _ in range(nd))
+    max_size = (17, 7, 4)[nd - 1]
+    spatial = tuple(draw(axis_sizes(max_size)) for _ in range(nd))
+    # Kernels from 1 tap to longer than the double grid.
+    ksize = tuple(draw(st.integers(1, 2 * n + 2)) for n in spatial)
+    batch, channels = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    per_sample = draw(st.booleans())
+    seed = draw(seeds)
+    x = randn(batch, channels, *spatial, seed=seed)
+    k = randn(*((batch,) if per_sample else ()), channels, *ksize, seed=seed + 1)
+    d = randn(channels, seed=seed + 2) if draw(st.booleans()) else None
+    return modes, x, k, d
+
+
+@settings(max_examples=25)
+@given(problem=conv_problems(), chunk=st.one_of(st.none(), st.integers(1, 2)))
+def test_fft_conv_equals_direct_convolution(problem, chunk):
+    modes, x, k, d = problem
+    got = fft_conv(x, k, d, mode=modes, chunk_size=chunk)
+    assert_close_rel(fft_conv_direct(x, k, d, modes), got, 1e-11)
+
+
+@settings(max_examples=10)
+@given(problem=conv_problems(), data=st.data())
+def test_circular_axes_are_shift_equivariant(problem, data):
+    modes, x, k, d = problem
+    modes = tuple("circular" for _ in modes)
+    shifts = tuple(data.draw(st.integers(0, n)) for n in x.shape[2:])
+    dims = tuple(range(2, x.ndim))
+    assert_equivariant(
+        lambda t: fft_conv(t, k, d, mode=modes),
+        x,
+        lambda t: torch.roll(t, shifts, dims=dims),
+        rtol=1e-11,
+    )
