@@ -430,3 +430,16 @@ def test_fused_plumbing_compiled_backward_and_double_backward():
         return torch.autograd.grad(g.sum(), t)[0]
 
     torch.testing.assert_close(second(fused), second(plain))
+
+
+def test_benchmark_quick_on_cpu(tmp_path):
+    from subq.bench.harness import run_benchmarks
+
+    rows = run_benchmarks(["rope", "rope_tune"], device="cpu", out_dir=tmp_path, quick=True)
+    impls = {r["impl"] for r in rows}
+    assert impls == {"subq [reference]", "eager formula"}
+    assert {(r["layout"], r["mode"]) for r in rows} == {
+        (layout, mode) for layout in ("bthd", "bhtd") for mode in ("fwd", "fwd+bwd")
+    }
+    assert all(r["rel_err"] < 1e-6 and r["ms"] > 0 for r in rows)
+    assert (tmp_path / "rope.json").exists()
