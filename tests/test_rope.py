@@ -399,13 +399,17 @@ def test_cuda_dispatch_vmap_compile():
     c = R.rope_cache((64,), 32, device=dev)
     cache = R.RopeCache(c.cos[:, None], c.sin[:, None])
     rq, rk = R.apply_rope_qk(q, k, cache)
-    torch.testing.assert_close(rk, R.apply_rope(k, cache, backend="reference"), rtol=0, atol=1e-2)
-    refq = R.apply_rope(q, cache, backend="reference")
-    torch.testing.assert_close(rq, refq, rtol=0, atol=1e-2)
+    # The kernel and the formula both round a float32 result once; they may differ by one
+    # bfloat16 ulp where fused multiply-adds round differently.
+    assert_close_rel(R.apply_rope(q, cache, backend="reference"), rq, 1e-3)
+    assert_close_rel(R.apply_rope(k, cache, backend="reference"), rk, 1e-3)
     v = torch.func.vmap(lambda x: R.apply_rope(x, cache))(q[None].expand(3, *q.shape))
     torch.testing.assert_close(v[1], rq, rtol=0, atol=0)
-    out = assert_compiles(lambda x: R.apply_rope(x, cache), q, backend="inductor")
-    torch.testing.assert_close(out, rq, rtol=0, atol=1e-2)
+    # Under torch.compile the formula is emitted for Inductor; float32 keeps the comparison
+    # with the eager kernel tight.
+    q32 = q.float()
+    out = assert_compiles(lambda x: R.apply_rope(x, cache), q32, backend="inductor")
+    assert_close_rel(R.apply_rope(q32, cache), out, 1e-6)
 
 
 def test_fused_plumbing_compiled_backward_and_double_backward():
