@@ -69,6 +69,27 @@ def _try(fn: Callable[[], Any]) -> tuple[Any, str | None]:
         return None, f"{type(err).__name__}: {err}".splitlines()[0][:120]
 
 
+@contextlib.contextmanager
+def _alarm(seconds: int):
+    """Raise TimeoutError in this block after ``seconds`` (0: no limit; main thread only)."""
+    import signal
+
+    if not seconds:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise TimeoutError(f"took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _time(fn, inputs, quick) -> float:
     return benchmark(fn, inputs, warmup=2 if quick else 5, reps=3 if quick else 20).median_ms
 
@@ -119,12 +140,22 @@ def _causal_rows(device, quick) -> list[dict[str, Any]]:
     e = 2
     vinputs = [tuple(x.reshape(e, b // e, *x.shape[1:]) for x in xs) for xs in inputs]
     vref = None
+    from subq.ops import attention as attention_ops
+
+    def unfolded(q, k, v):
+        attention_ops.FOLD_UNDER_VMAP = False
+        try:
+            return attention(q, k, v, causal=True, backend="flash")
+        finally:
+            attention_ops.FOLD_UNDER_VMAP = True
+
+    def sdpa_plain(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
     for name, fn in (
-        (
-            "sdpa_under_vmap",
-            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-        ),
+        ("sdpa_under_vmap", sdpa_plain),
         ("subq_flash_under_vmap", impls["subq_flash"]),
+        ("subq_flash_under_vmap_unfolded", unfolded),
     ):
         vfn = torch.func.vmap(fn)
         with torch.no_grad():
@@ -145,6 +176,29 @@ def _causal_rows(device, quick) -> list[dict[str, Any]]:
                 "vs_subq_unvmapped": fwd_ms.get("subq_flash", float("nan")) / ms,
             }
         )
+
+    # Per-example gradients: vmap(grad) over the ensemble axis.
+    vdout = torch.randn_like(vinputs[0][0])
+    for name, fn in (
+        ("sdpa_vmap_grad", sdpa_plain),
+        ("subq_flash_vmap_grad", impls["subq_flash"]),
+        ("subq_flash_vmap_grad_unfolded", unfolded),
+    ):
+
+        def loss(q, k, v, do, fn=fn):
+            return (fn(q, k, v).float() * do.float()).sum()
+
+        vg = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1, 2)))
+        args = [(*xs, vdout) for xs in vinputs]
+        _, err = _try(lambda vg=vg, args=args: vg(*args[0]))
+        if err is not None:
+            rows.append({"bench": "attn_vmap_grad", "impl": name, "error": err})
+            continue
+        ms = _time(vg, args, quick)
+        rows.append(
+            {"bench": "attn_vmap_grad", "impl": name, "ms": ms, "TFLOP/s": 3.5 * flops / ms / 1e9}
+        )
+        print(rows[-1], flush=True)
 
     # Forward + backward.
     ginputs = [tuple(x.detach().requires_grad_(True) for x in xs) for xs in inputs]
@@ -271,7 +325,9 @@ def _linear_rows(device, quick) -> list[dict[str, Any]]:
                     return torch.autograd.grad(fn(q, k, v), (q, k, v), dout)
 
                 ctx = contextlib.nullcontext
-            with ctx():
+            # fla autotunes its Triton kernels on first use; bound the time it may take.
+            limit = 60 if name.startswith("fla") and device.type == "cuda" else 0
+            with ctx(), _alarm(limit):
                 out, err = _try(lambda run=run, args=args: run(*args[0]))
                 if err is not None:
                     rows.append({"bench": "linear_attn", "impl": name, "mode": mode, "error": err})
@@ -288,6 +344,7 @@ def _linear_rows(device, quick) -> list[dict[str, Any]]:
             if mode == "fwd" and "softmax" not in name:
                 row["rel_err"] = compute_relative_error(ref, out.float())
             rows.append(row)
+            print(row, flush=True)
     for row in rows:
         if "ms" not in row:
             continue
