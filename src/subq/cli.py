@@ -121,7 +121,7 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "--epochs", type=_positive_int, default=None, help="maximum epochs (default 10; 2 quick)"
     )
     p.add_argument(
-        "--train-examples", type=_positive_int, default=None, help="default 20000 (1000 quick)"
+        "--train-examples", type=_positive_int, default=None, help="default 10000 (1000 quick)"
     )
     p.add_argument(
         "--test-examples", type=_positive_int, default=None, help="default 1000 (200 quick)"
