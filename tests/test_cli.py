@@ -79,3 +79,20 @@ def test_bench_list_and_one_quick_benchmark(capsys, tmp_path):
     assert f"== {name} ==" in out
     rows = json.loads((tmp_path / f"{name}.json").read_text())["rows"]
     assert rows and all(row["bench"] == name for row in rows)
+
+
+def test_demo_command_runs_and_writes_results(capsys, tmp_path):
+    out = tmp_path / "out"
+    tiny = ["--seq-len", "16", "--pairs", "2", "--width", "16", "--train-examples", "64"]
+    tiny += ["--test-examples", "16", "--epochs", "1", "--threads", "1", "--device", "cpu"]
+    code, stdout, _ = _run(capsys, "demo", "--no-progress", "--out", str(out), *tiny)
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["mixer"] for r in results["results"]] == ["attention", "hyena"]
+    assert results["settings"]["seq_len"] == 16 and results["settings"]["threads"] == 1
+    assert "test acc" in stdout and "hyena" in stdout
+
+
+def test_demo_command_rejects_an_unavailable_device(capsys, tmp_path):
+    code, _, err = _run(capsys, "demo", "--quick", "--device", "nodevice", "--out", str(tmp_path))
+    assert code == 2 and "device" in err
