@@ -406,3 +406,22 @@ def test_attention_mixer_in_a_qkv_mixer_style_composition():
     assert_shell_matches_functional(
         mixer, lambda p, q, k, v: attention_mixer(p, q, k, v, cfg=mixer.cfg), q, k, v, rtol=1e-12
     )
+
+
+def test_memory_efficient_saves_linear_activations_for_backward():
+    def saved_bytes(t, backend):
+        q = randn(1, 2, t, 16, seed=0).requires_grad_(True)
+        seen = {}
+
+        def pack(x):
+            seen[(x.data_ptr(), x.numel(), x.dtype)] = x.numel() * x.element_size()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            attention(q, q, q, causal=True, backend=backend, block_size=32)
+        return sum(seen.values())
+
+    eff = [saved_bytes(t, "memory_efficient") for t in (128, 256, 512)]
+    assert eff[1] <= 2.2 * eff[0] and eff[2] <= 2.2 * eff[1], eff  # O(T)
+    naive = [saved_bytes(t, "standard") for t in (128, 256)]
+    assert naive[1] >= 3.5 * naive[0], naive  # the oracle keeps O(T²) scores

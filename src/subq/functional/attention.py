@@ -269,38 +269,67 @@ def _memory_efficient(
     seed: Tensor | None,
     block_size: int,
 ) -> Tensor:
-    """Blockwise online softmax: only ``[.., block, block]`` scores exist at any time."""
-    b, kvh, g, t, d = q5.shape
-    s = k.shape[2]
-    cd = _compute_dtype(q5.dtype)
+    """Blockwise online softmax: only ``[.., block, block]`` scores exist at any time.
+
+    For training in eager mode each query block is recomputed in the backward pass
+    (``torch.utils.checkpoint``), so the saved activations are O(T) as well. Under
+    ``torch.func`` transforms (which refuse saved-tensor hooks) and inside ``torch.compile``
+    the blocks are kept instead: correct, with O(T²/block) saved activations.
+    """
+    t = q5.shape[3]
+    recompute = _recompute_blocks(q5, k, v, mods)
     outs = []
     for qs in range(0, t, block_size):
         q_sl = slice(qs, min(qs + block_size, t))
-        tq = q_sl.stop - q_sl.start
-        qb = q5[:, :, :, q_sl].to(cd).reshape(b, kvh, g * tq, d)
-        m = torch.full((b, kvh, g, tq, 1), float("-inf"), dtype=cd, device=q5.device)
-        denom = torch.zeros((b, kvh, g, tq, 1), dtype=cd, device=q5.device)
-        acc = torch.zeros((b, kvh, g, tq, v.shape[-1]), dtype=cd, device=q5.device)
-        for ks in range(0, s, block_size):
-            k_sl = slice(ks, min(ks + block_size, s))
-            if _block_skippable(mods, q_sl, k_sl):
-                continue
-            sk = k_sl.stop - k_sl.start
-            kb, vb = k[:, :, k_sl].to(cd), v[:, :, k_sl].to(cd)
-            sc = (qb @ kb.transpose(-1, -2)).view(b, kvh, g, tq, sk) * scale
-            sc = _modified_scores(sc, mods, q_sl, k_sl)
-            m_new = torch.maximum(m, sc.amax(-1, keepdim=True))
-            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-            corr = torch.exp(m - m_safe)
-            p = torch.exp(sc - m_safe)
-            denom = denom * corr + p.sum(-1, keepdim=True)
-            if dropout_p > 0.0:
-                keep = _dropout_keep(seed, (b, kvh, g, t, s), q_sl, k_sl, dropout_p)
-                p = p * keep / (1.0 - dropout_p)
-            acc = acc * corr + (p.reshape(b, kvh, g * tq, sk) @ vb).view(b, kvh, g, tq, -1)
-            m = m_new
-        outs.append(acc / torch.where(denom > 0, denom, torch.ones_like(denom)))
+        args = (q5, k, v, mods, scale, dropout_p, seed, block_size, q_sl)
+        if recompute:
+            from torch.utils.checkpoint import checkpoint
+
+            outs.append(checkpoint(_query_block, *args, use_reentrant=False))
+        else:
+            outs.append(_query_block(*args))
     return torch.cat(outs, dim=3).to(q5.dtype)
+
+
+def _recompute_blocks(q5: Tensor, k: Tensor, v: Tensor, mods: _Mods) -> bool:
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    tensors = [q5, k, v, mods.bias, mods.alibi]
+    live = [x for x in tensors if x is not None]
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in live):
+        return False
+    return any(x.requires_grad for x in live)
+
+
+def _query_block(q5, k, v, mods, scale, dropout_p, seed, block_size, q_sl) -> Tensor:
+    """Online softmax of one query block over every visible key block (compute dtype)."""
+    b, kvh, g, t, d = q5.shape
+    s = k.shape[2]
+    cd = _compute_dtype(q5.dtype)
+    tq = q_sl.stop - q_sl.start
+    qb = q5[:, :, :, q_sl].to(cd).reshape(b, kvh, g * tq, d)
+    m = torch.full((b, kvh, g, tq, 1), float("-inf"), dtype=cd, device=q5.device)
+    denom = torch.zeros((b, kvh, g, tq, 1), dtype=cd, device=q5.device)
+    acc = torch.zeros((b, kvh, g, tq, v.shape[-1]), dtype=cd, device=q5.device)
+    for ks in range(0, s, block_size):
+        k_sl = slice(ks, min(ks + block_size, s))
+        if _block_skippable(mods, q_sl, k_sl):
+            continue
+        sk = k_sl.stop - k_sl.start
+        kb, vb = k[:, :, k_sl].to(cd), v[:, :, k_sl].to(cd)
+        sc = (qb @ kb.transpose(-1, -2)).view(b, kvh, g, tq, sk) * scale
+        sc = _modified_scores(sc, mods, q_sl, k_sl)
+        m_new = torch.maximum(m, sc.amax(-1, keepdim=True))
+        m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+        corr = torch.exp(m - m_safe)
+        p = torch.exp(sc - m_safe)
+        denom = denom * corr + p.sum(-1, keepdim=True)
+        if dropout_p > 0.0:
+            keep = _dropout_keep(seed, (b, kvh, g, t, s), q_sl, k_sl, dropout_p)
+            p = p * keep / (1.0 - dropout_p)
+        acc = acc * corr + (p.reshape(b, kvh, g * tq, sk) @ vb).view(b, kvh, g, tq, -1)
+        m = m_new
+    return acc / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
 def _block_skippable(mods: _Mods, q_sl: slice, k_sl: slice) -> bool:
