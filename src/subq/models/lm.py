@@ -272,7 +272,15 @@ def lm_spec(
 
 
 def build_lm(spec: dict[str, Any], *, seed: int | None = None) -> MixerLM:
-    """Build the model of ``spec``; with ``seed``, its parameters are seeded (``torch.manual_seed``)."""
+    """Build the model of ``spec``; with ``seed``, its parameters are seeded (``torch.manual_seed``).
+
+    Example:
+        >>> spec = lm_spec("attention", vocab_size=32, width=16, seq_len=8)
+        >>> model = build_lm(spec, seed=0)
+        >>> tokens = torch.zeros(2, 8, dtype=torch.long)
+        >>> model(tokens).shape, model(tokens, torch.tensor([[1, 7], [0, 3]])).shape
+        (torch.Size([2, 8, 32]), torch.Size([2, 2, 32]))
+    """
     if seed is not None:
         torch.manual_seed(seed)
     model = instantiate(spec)
