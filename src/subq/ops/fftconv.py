@@ -307,20 +307,43 @@ def _signature(*tensors: Tensor | None) -> tuple:
     )
 
 
-def _fft_conv_compiled(x, kernel, skip, modes, chunk_size=None, fast_sizes=True) -> Tensor:
-    def core(xs, ks, ss, sizes, out_dtype):
-        fn = _compiled("conv", _conv_core, (*_signature(xs, ks, ss), sizes, out_dtype))
-        return fn(xs, ks, ss, sizes, out_dtype)
+def _conv_core_k(x, kernel, skip, plans, out_dtype):
+    # The kernel spectrum inside the compiled region: one graph, no eager launches per call.
+    sizes = tuple(p.fft_size for p in plans)
+    return _conv_core(x, kernel_spectrum(kernel, plans), skip, sizes, out_dtype)
 
-    return _fft_conv_with(core, x, kernel, skip, modes, chunk_size, fast_sizes)
+
+def _gated_core_k(q, k, v, kernel, skip, plans, value_gate):
+    sizes = tuple(p.fft_size for p in plans)
+    return _gated_core(q, k, v, kernel_spectrum(kernel, plans), skip, sizes, value_gate)
+
+
+def _fft_conv_compiled(x, kernel, skip, modes, chunk_size=None, fast_sizes=True) -> Tensor:
+    nd = len(modes)
+    plans = fft_conv_plan(tuple(x.shape[2:]), kernel.shape[-nd:], modes, fast_sizes)
+    outs = []
+    for start, width in _chunks(x.shape[1], chunk_size):
+        xs = x.narrow(1, start, width)
+        ks = kernel.narrow(kernel.ndim - nd - 1, start, width)
+        ss = None if skip is None else skip.narrow(0, start, width)
+        fn = _compiled("conv", _conv_core_k, (*_signature(xs, ks, ss), plans, x.dtype))
+        outs.append(fn(xs, ks, ss, plans, x.dtype))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
 def _gated_compiled(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):
-    def core(qs, ks, vs, spec, ss, sizes, gate):
-        fn = _compiled("gated", _gated_core, (*_signature(qs, ks, vs, spec, ss), sizes, gate))
-        return fn(qs, ks, vs, spec, ss, sizes, gate)
-
-    return _gated_with(core, q, k, v, kernel, skip, modes, value_gate, chunk_size)
+    nd = len(modes)
+    plans = fft_conv_plan(tuple(q.shape[1:-1]), kernel.shape[-nd:], modes)
+    outs = []
+    for start, width in _chunks(q.shape[-1], chunk_size):
+        qs, ks_, vs = (t.narrow(-1, start, width) for t in (q, k, v))
+        kern = kernel.narrow(kernel.ndim - nd - 1, start, width)
+        ss = skip.narrow(0, start, width)
+        key = (*_signature(qs, ks_, vs, kern, ss), plans, value_gate)
+        outs.append(
+            _compiled("gated", _gated_core_k, key)(qs, ks_, vs, kern, ss, plans, value_gate)
+        )
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
 def _compiled_check(facts: Mapping[str, Any]) -> str | None:
