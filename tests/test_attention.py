@@ -425,3 +425,19 @@ def test_memory_efficient_saves_linear_activations_for_backward():
     assert eff[1] <= 2.2 * eff[0] and eff[2] <= 2.2 * eff[1], eff  # O(T)
     naive = [saved_bytes(t, "standard") for t in (128, 256)]
     assert naive[1] >= 3.5 * naive[0], naive  # the oracle keeps O(T²) scores
+
+
+def test_alibi_layer_matches_positional_alibi_bias():
+    from subq.functional.positional import alibi_bias, alibi_slopes
+
+    cfg = AttentionConfig(dim=12, num_heads=3, causal=True, pos_emb="alibi")
+    p = init_attention(cfg, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = randn(2, 6, 12, seed=4)
+    q, k, v = (x @ p.qkv_weight.T).split(12, dim=-1)
+    heads = lambda t: t.reshape(2, 6, 3, 4).transpose(1, 2)  # noqa: E731
+    pos = torch.arange(6)
+    bias = alibi_bias(alibi_slopes(3, dtype=torch.float64), pos, pos)
+    qp, kp = grid(6, 6, 0)
+    o = oracle(heads(q), heads(k), heads(v), (kp <= qp).expand(2, 3, 6, 6), bias=bias)
+    expected = o.transpose(1, 2).reshape(2, 6, 12) @ p.out_weight.T
+    assert_close_rel(expected, multi_head_attention(p, x, cfg=cfg), 1e-12)

@@ -5,25 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from subq.functional import attention as attn
 from subq.functional.attention import AttentionConfig, init_attention, multi_head_attention
 from subq.functional.kv_cache import cached_attention, init_kv_cache
 from subq.testing import assert_close_rel
 from subq.testing.strategies import randn
-
-
-def _alibi_stand_in(num_heads, device):
-    # Geometric slopes 2^(-8(i+1)/n) (power-of-two head counts), as in the ALiBi paper.
-    return torch.tensor([2 ** (-8 * (i + 1) / num_heads) for i in range(num_heads)], device=device)
-
-
-@pytest.fixture(autouse=True)
-def alibi_slopes(monkeypatch):
-    try:
-        from subq.functional.positional import alibi_slopes  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(attn, "_alibi_slopes", lambda n, device: _alibi_stand_in(n, device))
-
 
 CONFIGS = [
     dict(pos_emb="rope"),

@@ -1039,10 +1039,10 @@ def _rope_cache_for(cfg: _HeadsConfig, spatial: tuple[int, ...], positions: Tens
     return RopeCache(cache.cos.reshape(n, -1), cache.sin.reshape(n, -1), cache.sections)
 
 
-def _alibi_slopes(num_heads: int, device) -> Tensor:
+def _alibi_slopes(num_heads: int, device, dtype: torch.dtype = torch.float32) -> Tensor:
     from subq.functional.positional import alibi_slopes
 
-    return alibi_slopes(num_heads).to(device=device)
+    return alibi_slopes(num_heads, device=device, dtype=_compute_dtype(dtype))
 
 
 def _attend_heads(
@@ -1070,7 +1070,7 @@ def _attend_heads(
     elif cfg.pos_emb == "alibi":
         if len(spatial) != 1:
             raise ValueError(f"attention: ALiBi needs a 1-D sequence, got spatial shape {spatial}")
-        alibi = _alibi_slopes(cfg.num_heads, q.device)
+        alibi = _alibi_slopes(cfg.num_heads, q.device, q.dtype)
     dropout_p = cfg.dropout_rate if dropout_seed is not None else 0.0
     if cfg.attention_type is AttentionType.LINEAR:
         from subq.functional.linear_attention import linear_attention

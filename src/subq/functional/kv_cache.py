@@ -159,7 +159,7 @@ def cached_attention(
             q, k, _rope_cache_for(cfg, (n,), positions, x.device), pairing=cfg.rope_pairing
         )
     elif cfg.pos_emb == "alibi":
-        alibi = _attn._alibi_slopes(cfg.num_heads, x.device)
+        alibi = _attn._alibi_slopes(cfg.num_heads, x.device, x.dtype)
     slots = (cache.write_index + torch.arange(n, device=x.device)) % max_len
     new_cache = KVCache(
         key=cache.key.index_copy(2, slots, k.to(cache.key.dtype)),
