@@ -441,3 +441,16 @@ def test_alibi_layer_matches_positional_alibi_bias():
     o = oracle(heads(q), heads(k), heads(v), (kp <= qp).expand(2, 3, 6, 6), bias=bias)
     expected = o.transpose(1, 2).reshape(2, 6, 12) @ p.out_weight.T
     assert_close_rel(expected, multi_head_attention(p, x, cfg=cfg), 1e-12)
+
+
+def test_explain_shows_the_choice():
+    from subq.ops import explain, strict
+
+    text = explain("attention", device="cpu", dtype=torch.float32)
+    assert "using 'standard'" in text and "not 'flash': targets cuda" in text
+    assert "using 'math'" in explain("sdpa", device="cpu", dtype=torch.float32, head_dim=64)
+    # On CPU there is no fused backend to fall back from, so strict mode runs as usual.
+    q, k, v = qkv()
+    with strict():
+        out = attention(q, k, v, causal=True, softcap=1.0)
+    assert torch.isfinite(out).all()

@@ -675,14 +675,15 @@ def attention(
             raise _shape_error("dropout_seed", "an int or integer tensor when dropout_p > 0", None)
         seed = torch.as_tensor(dropout_seed, device=query.device).long()
     if kind is None:
-        from subq.ops.attention import sdpa_unsupported_reason
+        from subq.ops.attention import attention_op
 
-        reason = sdpa_unsupported_reason(mods, query, key, dropout_p)
-        kind = (
-            AttentionType.FLASH
-            if query.device.type == "cuda" and reason is None
-            else (AttentionType.STANDARD)
-        )
+        facts = {
+            "device": query.device,
+            "dtype": query.dtype,
+            "softcap": softcap is not None,
+            "dropout": dropout_p > 0.0,
+        }
+        kind = AttentionType(attention_op.decide(facts).chosen)
     if kind in (AttentionType.FLASH, AttentionType.PALLAS_FLASH):
         from subq.ops.attention import sdpa_attention
 

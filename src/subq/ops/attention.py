@@ -28,7 +28,7 @@ from torch import Tensor
 
 from subq.ops.dispatch import Backend, Op
 
-__all__ = ["sdpa_attention", "sdpa_op", "sdpa_unsupported_reason"]
+__all__ = ["attention_op", "sdpa_attention", "sdpa_op", "sdpa_unsupported_reason"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -120,6 +120,42 @@ def sdpa_unsupported_reason(mods: Any, query: Tensor, key: Tensor, dropout_p: fl
     if dropout_p > 0.0:
         return "dropout_p > 0 (SDPA's dropout does not use subq's reproducible dropout_seed)"
     return None
+
+
+def _attention_flash_check(facts: Mapping[str, Any]) -> str | None:
+    if facts.get("softcap", False):
+        return "softcap (SDPA has no logit soft-capping)"
+    if facts.get("dropout", False):
+        return "dropout (SDPA's dropout does not use subq's reproducible dropout_seed)"
+    return None
+
+
+def _run_attention_backend(name: str):
+    def run(query, key, value, **options):
+        from subq.functional.attention import attention
+
+        return attention(query, key, value, backend=name, **options)
+
+    run.__name__ = f"attention_{name}"
+    return run
+
+
+#: Which :class:`~subq.functional.attention.AttentionType` ``attention(..., backend=None)`` uses:
+#: ``flash`` (SDPA, then the ``sdpa`` op picks the kernel) on CUDA when the options allow it,
+#: else ``standard``. Facts: ``device``, ``dtype``, ``softcap`` and ``dropout`` (bools).
+attention_op = Op(
+    "attention",
+    [
+        Backend(
+            "flash",
+            _run_attention_backend("flash"),
+            devices=("cuda",),
+            check=_attention_flash_check,
+        ),
+        Backend("standard", _run_attention_backend("standard")),
+    ],
+    example_facts={"dtype": torch.bfloat16, "softcap": False, "dropout": False},
+)
 
 
 def _plain_causal(mods: Any) -> bool:
