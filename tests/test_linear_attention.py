@@ -181,3 +181,15 @@ def test_bad_input_errors():
         linear_attention(q, k[:, :, :5], v[:, :, :5], causal=True)
     with pytest.raises(ValueError, match="window"):
         AttentionConfig(dim=8, num_heads=2, causal=True, window=3, attention_type="linear")
+    with pytest.raises(ValueError, match="softcap"):
+        AttentionConfig(dim=8, num_heads=2, softcap=5.0, attention_type="linear")
+    with pytest.raises(ValueError, match="alibi"):
+        AttentionConfig(dim=8, num_heads=2, pos_emb="alibi", attention_type="linear")
+    cfg = AttentionConfig(dim=8, num_heads=2, causal=True, attention_type="linear")
+    with pytest.raises(ValueError, match="segment_ids"):
+        multi_head_attention(
+            init_attention(cfg),
+            torch.randn(1, 4, 8),
+            cfg=cfg,
+            segment_ids=torch.zeros(1, 4, dtype=torch.long),
+        )

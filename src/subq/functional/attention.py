@@ -777,8 +777,19 @@ class _HeadsConfig:
             raise ValueError(f"{name}: RoPE needs an even head_dim, got head_dim={head_dim}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"{name}.dropout_rate: expected in [0, 1), got {self.dropout_rate}")
-        if self.window is not None and self.attention_type is AttentionType.LINEAR:
-            raise ValueError(f"{name}: window is not supported by attention_type='linear'")
+        if self.attention_type is AttentionType.LINEAR:
+            unsupported = {
+                "window": self.window is not None,
+                "softcap": self.softcap is not None,
+                "pos_emb='alibi'": self.pos_emb == "alibi",
+                "dropout_rate": self.dropout_rate > 0.0,
+            }
+            bad = [k for k, used in unsupported.items() if used]
+            if bad:
+                raise ValueError(
+                    f"{name}: attention_type='linear' does not support {', '.join(bad)}; "
+                    "use a softmax attention_type or drop the option"
+                )
 
 
 @attrs.frozen(kw_only=True)
@@ -1075,6 +1086,12 @@ def _attend_heads(
     dropout_p = cfg.dropout_rate if dropout_seed is not None else 0.0
     if cfg.attention_type is AttentionType.LINEAR:
         from subq.functional.linear_attention import linear_attention
+
+        if segment_ids is not None or positions is not None:
+            raise ValueError(
+                "attention: attention_type='linear' does not support segment_ids or explicit "
+                "positions (a softmax attention_type does)"
+            )
 
         out = linear_attention(
             q,
