@@ -454,3 +454,19 @@ def test_explain_shows_the_choice():
     with strict():
         out = attention(q, k, v, causal=True, softcap=1.0)
     assert torch.isfinite(out).all()
+
+
+def test_attention_mixer_inside_qkv_sequence_mixer():
+    from subq.lazy_config import LazyConfig
+    from subq.nn.mixer import QKVSequenceMixer
+
+    spec = LazyConfig(AttentionMixer)(num_heads=4, pos_emb="rope", dtype=torch.float64)
+    block = QKVSequenceMixer(hidden_dim=32, mixer_cfg=spec).double()
+    x = randn(2, 4, 4, 32, seed=0)
+    y = block(x, conditioning=torch.ones(2, 3))  # kwargs meant for other mixers are ignored
+    assert y.shape == x.shape
+    q, k, v = torch.nn.functional.linear(x, block.qkv_proj.weight).split(32, dim=-1)
+    inner = attention_mixer(AttentionMixerParams(), q, k, v, cfg=block.mixer.cfg)
+    assert_close_rel(torch.nn.functional.linear(inner, block.out_proj.weight), y, 1e-12)
+    # Projections 8·N·C² plus the attention over N = 16 tokens.
+    assert block.flop_count((4, 4)) == 8 * 16 * 32**2 + attention_flop_count(4, 8, 16)
