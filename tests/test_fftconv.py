@@ -218,3 +218,23 @@ def test_fused_cores_trace_and_match_reference_with_gradients():
     z = (q * torch.sigmoid(kk)).movedim(-1, 1)
     h = direct_conv(z, k.detach(), ("causal",), d).movedim(1, -1)
     assert_close_rel(h * torch.nn.functional.silu(v), got, 1e-12)
+
+
+def test_cuda_dispatch_traces_inside_an_outer_compile():
+    """Regression (found on the GPU): choosing the compiled CUDA backend inside an outer
+    torch.compile probed an import, which dynamo cannot trace."""
+    from subq.ops import fftconv as ops
+
+    facts = {"device": "cuda", "dtype": torch.bfloat16, "modes": ("causal",)}
+
+    def choose(x):
+        ops.gated_fft_conv_op.decide(facts)
+        ops.fft_conv_op.decide(facts)
+        return x + 1
+
+    from subq.ops.capabilities import module_available
+
+    module_available.cache_clear()  # the GPU failure happened on the first, uncached probe
+    torch._dynamo.reset()
+    assert torch.compile(choose, fullgraph=True, backend="eager")(torch.ones(2)).sum() == 4
+    assert ops.fft_conv_op.decide(facts).chosen in ("compiled", "reference")

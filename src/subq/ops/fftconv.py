@@ -349,6 +349,10 @@ def _gated_compiled(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_si
 def _compiled_check(facts: Mapping[str, Any]) -> str | None:
     if facts["dtype"] not in (torch.float16, torch.bfloat16, torch.float32):
         return f"dtype {facts['dtype']} (the compiled path is for float16/bfloat16/float32)"
+    if torch.compiler.is_compiling():
+        # Inside an outer compile the backend traces its plain math into the caller's graph
+        # (and probing imports there would break the graph).
+        return None
     reason = module_available("triton")
     if reason is not None:
         return reason
