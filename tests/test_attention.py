@@ -470,3 +470,15 @@ def test_attention_mixer_inside_qkv_sequence_mixer():
     assert_close_rel(torch.nn.functional.linear(inner, block.out_proj.weight), y, 1e-12)
     # Projections 8·N·C² plus the attention over N = 16 tokens.
     assert block.flop_count((4, 4)) == 8 * 16 * 32**2 + attention_flop_count(4, 8, 16)
+
+
+def test_sdpa_kernels_without_native_gqa_get_repeated_kv():
+    from subq.ops.attention import _select_kernel
+
+    _, k, v = qkv()
+    facts = {"device": "cuda", "dtype": torch.float32, "head_dim": 8, "has_mask": True}
+    _, k2, v2, gqa = _select_kernel(facts, None, k, v, heads=4)  # picks 'efficient'
+    assert not gqa and k2.shape[1] == 4 and torch.equal(k2[:, 1], k[:, 0])
+    facts = {"device": "cpu", "dtype": torch.float32, "head_dim": 8, "has_mask": True}
+    _, k3, _, gqa = _select_kernel(facts, None, k, v, heads=4)  # 'math': grouped natively
+    assert gqa and k3 is k

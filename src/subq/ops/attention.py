@@ -204,7 +204,7 @@ def sdpa_attention(
     gqa = key.shape[1] != heads
     if _plain_causal(mods):
         facts = {"device": query.device, "dtype": query.dtype, "head_dim": d, "has_mask": False}
-        fn = sdpa_op.select(facts, backend)
+        fn, key, value, gqa = _select_kernel(facts, backend, key, value, heads)
         return _fused(fn, query, key, value, None, mods.causal and t > 0, scale, gqa)
     allowed, additive = _block_mask_and_bias(mods, slice(0, t), slice(0, s), query.device)
     row_ok = None
@@ -220,7 +220,7 @@ def sdpa_attention(
     else:
         attn_mask = allowed
     facts = {"device": query.device, "dtype": query.dtype, "head_dim": d, "has_mask": True}
-    fn = sdpa_op.select(facts, backend)
+    fn, key, value, gqa = _select_kernel(facts, backend, key, value, heads)
     out = _fused(fn, query, key, value, attn_mask, False, scale, gqa)
     if row_ok is not None:
         out = torch.where(row_ok, out, torch.zeros_like(out))
@@ -242,6 +242,24 @@ def _needs_fold(q: Tensor, attn_mask: Tensor | None) -> bool:
     one mask is made; the masked CUDA case is not yet measured.
     """
     return q.device.type != "cuda" or attn_mask is not None
+
+
+#: Kernels given ``enable_gqa`` directly; the others get K/V repeated to ``heads`` (PyTorch's
+#: flash and math kernels support grouped K/V; cuDNN and efficient are not relied on to).
+_NATIVE_GQA = ("flash", "math")
+
+
+def _select_kernel(facts, backend, key, value, heads):
+    """The chosen kernel, with K/V repeated for kernels that are not given grouped heads."""
+    name = sdpa_op.decide(facts, backend).chosen
+    fn = next(b.fn for b in sdpa_op.backends if b.name == name)
+    gqa = key.shape[1] != heads
+    if gqa and name not in _NATIVE_GQA:
+        groups = heads // key.shape[1]
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+        gqa = False
+    return fn, key, value, gqa
 
 
 def _fused(fn, q, k, v, attn_mask, is_causal, scale, gqa):
