@@ -477,7 +477,8 @@ def test_sdpa_kernels_without_native_gqa_get_repeated_kv():
 
     _, k, v = qkv()
     facts = {"device": "cuda", "dtype": torch.float32, "head_dim": 8, "has_mask": True}
-    _, k2, v2, gqa = _select_kernel(facts, None, k, v, heads=4)  # picks 'efficient'
+    _, k2, v2, gqa = _select_kernel(facts, None, k, v, heads=4)  # picks "efficient"
+    assert torch.equal(v2[:, 3], v[:, 1])
     assert not gqa and k2.shape[1] == 4 and torch.equal(k2[:, 1], k[:, 0])
     facts = {"device": "cpu", "dtype": torch.float32, "head_dim": 8, "has_mask": True}
     _, k3, _, gqa = _select_kernel(facts, None, k, v, heads=4)  # 'math': grouped natively
