@@ -34,10 +34,10 @@ from subq.functional.attention import (
     _qk_normed,
     _rope_cache_for,
     attention,
-    init_attention,
+    init_attention,  # noqa: F401  (used by the docstring example)
 )
 
-__all__ = ["KVCache", "cache_nbytes", "cached_attention", "init_attention", "init_kv_cache"]
+__all__ = ["KVCache", "cache_nbytes", "cached_attention", "init_kv_cache"]
 
 
 @pytree_node
