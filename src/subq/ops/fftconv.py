@@ -161,7 +161,10 @@ def kernel_spectrum(kernel: Tensor, plans: Sequence[AxisPlan]) -> Tensor:
 
 
 def _cmul(a: Tensor, b: Tensor) -> Tensor:
-    """Complex product written on real views, so Inductor fuses it as ordinary pointwise math."""
+    """Complex product; under compile written on real views, so Inductor fuses it as ordinary
+    pointwise math (Inductor does not generate code for complex ops). Eager uses the native op."""
+    if not torch.compiler.is_compiling():
+        return a * b
     ar, br = torch.view_as_real(a), torch.view_as_real(b)
     re = ar[..., 0] * br[..., 0] - ar[..., 1] * br[..., 1]
     im = ar[..., 0] * br[..., 1] + ar[..., 1] * br[..., 0]
