@@ -165,3 +165,23 @@ def test_flop_count_convention():
     step = hyena_flop_count(cfg, (1024,), inference=True)
     assert 2 * 64 * 1024 < step < f1k / 100
     assert Hyena(cfg=cfg).flop_count((1024,)) == f1k
+
+
+def test_film_conditioning_per_sample_kernels_and_decoding():
+    cfg = HyenaConfig(hidden_dim=4, max_size=12, cond_dim=3)
+    p = init_hyena(cfg, generator=_g(0), dtype=DT)
+    q, k, v = _qkv((2, 12, 4), seed=1)
+    q, k, v = (t[:1].expand(2, -1, -1).clone() for t in (q, k, v))  # same input twice
+    cond = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=DT)
+    plain = hyena(p, q, k, v, cfg=cfg)
+    assert_close_rel(plain, hyena(p, q, k, v, cfg=cfg, conditioning=cond), 0.0)  # zero init
+    p.film.weight = torch.randn(p.film.weight.shape, generator=_g(2), dtype=DT)
+    y = hyena(p, q, k, v, cfg=cfg, conditioning=cond)
+    assert (y[0] - y[1]).abs().max() > 1e-6
+    assert_close_rel(y[1:], hyena(p, q[1:], k[1:], v[1:], cfg=cfg, conditioning=cond[1:]), 1e-13)
+    state = init_hyena_state(p, cfg, 2, 12, conditioning=cond)
+    outs = []
+    for t in range(12):
+        out, state = hyena_step(p, q[:, t], k[:, t], v[:, t], state, cfg=cfg)
+        outs.append(out)
+    assert_close_rel(y, torch.stack(outs, 1), 1e-12)

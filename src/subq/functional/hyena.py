@@ -45,6 +45,7 @@ from subq.functional.implicit import (
     KernelNetBuffers,
     KernelNetConfig,
     KernelNetParams,
+    LinearParams,
     implicit_kernel,
     init_kernel_net,
 )
@@ -108,6 +109,8 @@ class HyenaConfig:
         out_norm: ``"none"``, ``"rms"`` or ``"layer"`` on the output.
         value_gate: ``σ₂``: ``"sigmoid"``, ``"silu"`` or ``"identity"``.
         chunk_size: channel chunk of the FFT convolution (bounds peak memory), or None.
+        cond_dim: width of a FiLM conditioning vector of the kernel network (per-sample
+            kernels), or None.
     """
 
     hidden_dim: int = attrs.field(validator=_positive_int)
@@ -125,6 +128,7 @@ class HyenaConfig:
     out_norm: str = attrs.field(default="none", validator=v.in_(NORMS))
     value_gate: str = attrs.field(default="sigmoid", validator=v.in_(GATES))
     chunk_size: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
+    cond_dim: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
 
     def __attrs_post_init__(self) -> None:
         set_ = object.__setattr__
@@ -199,6 +203,7 @@ class HyenaParams:
     qk_norm: RMSNormParams | None = None
     norm: NormParams | None = None
     out_norm: NormParams | None = None
+    film: LinearParams | None = None
 
 
 def _init_norm(kind: str, dim: int, device, dtype) -> NormParams | None:
@@ -227,7 +232,28 @@ def init_hyena(
         qk_norm=_init_norm("rms", c, device, dtype) if cfg.qk_norm == "rms" else None,
         norm=_init_norm(cfg.norm, c, device, dtype),
         out_norm=_init_norm(cfg.out_norm, c, device, dtype),
+        film=_init_film(cfg, device, dtype),
     )
+
+
+def _init_film(cfg: HyenaConfig, device, dtype) -> LinearParams | None:
+    # Zero init: a conditioned Hyena starts as the unconditioned one.
+    if cfg.cond_dim is None:
+        return None
+    h = cfg.filter.hidden
+    return LinearParams(
+        weight=torch.zeros(2 * h, cfg.cond_dim, device=device, dtype=dtype),
+        bias=torch.zeros(2 * h, device=device, dtype=dtype),
+    )
+
+
+def _film(params: HyenaParams, cfg: HyenaConfig, conditioning: Tensor | None):
+    if cfg.cond_dim is None or conditioning is None:
+        return None
+    gb = torch.nn.functional.linear(
+        conditioning.float(), params.film.weight.float(), params.film.bias.float()
+    )
+    return tuple(gb.chunk(2, dim=-1))
 
 
 def _apply_norm(kind: str, params: NormParams | None, x: Tensor) -> Tensor:
@@ -283,6 +309,7 @@ def hyena(
     *,
     cfg: HyenaConfig,
     buffers: KernelNetBuffers | None = None,
+    conditioning: Float[Tensor, "b cond"] | None = None,
     backend: str | None = None,
 ) -> Float[Tensor, "b *spatial c"]:
     """The Hyena mixer on projected ``query``, ``key``, ``value`` (channels last).
@@ -292,6 +319,8 @@ def hyena(
         query: ``[B, *spatial, C]``; ``key`` and ``value`` alike.
         cfg: the configuration (static).
         buffers: frozen kernel-network buffers (only for an ``"rff"`` filter).
+        conditioning: ``[B, cond_dim]`` FiLM input of the kernel network (per-sample kernels);
+            only with ``cfg.cond_dim``, ignored otherwise.
         backend: force a backend of the ``gated_fft_conv`` op (no QK-norm and no norm) or of
             the ``fft_conv`` op.
 
@@ -303,7 +332,14 @@ def hyena(
     u = short_conv(params.short_conv, torch.cat([query, key, value], dim=-1), causal=cfg.causal)
     q, k, v = u.split(c, dim=-1)
     spatial = tuple(query.shape[1:-1])
-    kernel = implicit_kernel(params.filter, spatial, cfg.mode, cfg=cfg.filter, buffers=buffers)
+    kernel = implicit_kernel(
+        params.filter,
+        spatial,
+        cfg.mode,
+        cfg=cfg.filter,
+        buffers=buffers,
+        film=_film(params, cfg, conditioning),
+    )
     if cfg.qk_norm == "none" and cfg.norm == "none":
         # Nothing between the gates and the convolution: one op with the gates folded in.
         facts = {"device": q.device, "dtype": q.dtype, "modes": cfg.mode, "shape": tuple(q.shape)}
@@ -333,13 +369,14 @@ class HyenaState:
     Attributes:
         conv: the short convolution's last ``K − 1`` inputs ``[B, K − 1, 3C]``.
         history: every ``z`` so far, ``[B, max_len, C]`` (zeros after ``position``).
-        kernel: the long-convolution kernel for ``max_len`` taps, ``[C, max_len]``.
+        kernel: the long-convolution kernel for ``max_len`` taps, ``[C, max_len]`` (or
+            ``[B, C, max_len]`` with FiLM conditioning).
         position: index of the next token (0-d integer tensor).
     """
 
     conv: ShortConvState
     history: Float[Tensor, "b l c"]
-    kernel: Float[Tensor, "c l"]
+    kernel: Float[Tensor, "*b c l"]
     position: Int[Tensor, ""]
 
 
@@ -350,6 +387,7 @@ def init_hyena_state(
     max_len: int,
     *,
     buffers: KernelNetBuffers | None = None,
+    conditioning: Tensor | None = None,
     dtype: torch.dtype | None = None,
 ) -> HyenaState:
     """The state before the first token, for sequences of up to ``max_len`` tokens.
@@ -361,7 +399,12 @@ def init_hyena_state(
     device = params.skip.device
     dtype = dtype or params.skip.dtype
     kernel = implicit_kernel(
-        params.filter, (max_len,), ("causal",), cfg=cfg.filter, buffers=buffers
+        params.filter,
+        (max_len,),
+        ("causal",),
+        cfg=cfg.filter,
+        buffers=buffers,
+        film=_film(params, cfg, conditioning),
     )
     return HyenaState(
         conv=init_short_conv_state(
@@ -408,8 +451,10 @@ def hyena_step(
     )
     # y_t = Σ_{s ≤ t} K[t − s] z_s: gather the reversed kernel, zero for s > t.
     lags = state.position - steps
-    taps = state.kernel[:, lags.clamp(min=0)] * (lags >= 0)  # [C, max_len]
-    h = (history * taps.t()).sum(1) + z.to(history.dtype) * params.skip.to(history.dtype)
+    taps = state.kernel[..., lags.clamp(min=0)] * (lags >= 0)  # [(B,) C, max_len]
+    h = (history * taps.transpose(-1, -2)).sum(1) + z.to(history.dtype) * params.skip.to(
+        history.dtype
+    )
     y = h.to(z.dtype) * _gate(cfg.value_gate, v)
     y = _apply_norm(cfg.out_norm, params.out_norm, y)
     return y, HyenaState(

@@ -20,7 +20,8 @@ class Hyena(Shell):
     ``Hyena(hidden_dim=256, max_size=4096)`` (causal 1D) or ``Hyena(hidden_dim=256, ndim=2,
     max_size=(32, 32), mode="circular")`` or ``Hyena(cfg=HyenaConfig(...))``. ``forward`` takes the
     projected ``query, key, value`` ``[B, *spatial, C]`` and the mixer protocol's ``cp_group``
-    (must be None) and ignores unknown keyword arguments (e.g. ``conditioning``). The random
+    (must be None); ``conditioning`` ``[B, cond_dim]`` drives a FiLM of the kernel network when
+    ``cond_dim`` is set (ignored otherwise), and other keyword arguments are ignored. The random
     features of an ``"rff"`` filter are a buffer (``filter_buffers.rff_freqs``), not a parameter.
     """
 
@@ -60,22 +61,37 @@ class Hyena(Shell):
         key: Tensor,
         value: Tensor,
         cp_group: Any = None,
+        *,
+        conditioning: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        del kwargs  # the mixer protocol passes options meant for other mixers (conditioning)
+        del kwargs  # the mixer protocol passes options meant for other mixers
         if cp_group is not None:
             raise NotImplementedError(
                 "Hyena: context parallelism (cp_group) is not implemented yet (a later issue "
                 "wraps the long convolution in an all-to-all); pass cp_group=None"
             )
         return F.hyena(
-            self.params(), query, key, value, cfg=self.cfg, buffers=self.buffers_pytree()
+            self.params(),
+            query,
+            key,
+            value,
+            cfg=self.cfg,
+            buffers=self.buffers_pytree(),
+            conditioning=conditioning,
         )
 
-    def init_state(self, batch: int, max_len: int) -> F.HyenaState:
+    def init_state(
+        self, batch: int, max_len: int, conditioning: Tensor | None = None
+    ) -> F.HyenaState:
         """Decoding state for :meth:`step` (causal 1D only)."""
         return F.init_hyena_state(
-            self.params(), self.cfg, batch, max_len, buffers=self.buffers_pytree()
+            self.params(),
+            self.cfg,
+            batch,
+            max_len,
+            buffers=self.buffers_pytree(),
+            conditioning=conditioning,
         )
 
     def step(
