@@ -127,7 +127,7 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "--test-examples", type=_positive_int, default=None, help="default 1000 (200 quick)"
     )
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument(

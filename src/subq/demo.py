@@ -72,11 +72,13 @@ class DemoConfig:
         num_layers: blocks per model.
         epochs: maximum epochs (training stops early at 0.99 test accuracy).
         num_train: training examples (10 000; 1 000 with ``quick``). Zoology-style CPU runs use
-            20 000; half of that keeps the default run under 5 minutes on 2 CPU cores, and
-            attention still reaches 0.99 (in 6 epochs instead of 3: it needs ~470 steps).
+            20 000; half of that keeps the default run under 5 minutes on 2 CPU cores even when
+            other processes share them, and attention still reaches 0.99 in 3 epochs.
         num_test: test examples (1 000; 200 with ``quick``).
         batch_size: examples per step.
-        lr: peak learning rate (AdamW, weight decay 0.1 on matrices, cosine schedule).
+        lr: peak learning rate (AdamW, weight decay 0.1 on matrices, cosine schedule). 1e-2
+            is measured best of {3e-3, 1e-2} for both mixers here: attention solves
+            ``L = 128, kv = 16`` in 5 epochs with it and stays on its loss plateau with 3e-3.
         seed: seeds the data, the initial parameters and the shuffling.
         device: torch device; None picks CUDA when available, else the CPU.
         threads: CPU threads of torch during the run (restored after); None keeps the current
@@ -94,7 +96,7 @@ class DemoConfig:
     num_train: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
     num_test: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
     batch_size: int = attrs.field(default=128, validator=_positive_int)
-    lr: float = attrs.field(default=3e-3, converter=float)
+    lr: float = attrs.field(default=1e-2, converter=float)
     seed: int = attrs.field(default=0, validator=v.instance_of(int))
     device: str | None = attrs.field(default=None)
     threads: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
