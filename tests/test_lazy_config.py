@@ -514,7 +514,7 @@ def test_lazyconfig_argument_errors():
 
 
 def test_attrs_config_validation_error_is_raised_at_instantiate():
-    with pytest.raises(ValueError, match=r"RMSNormConfig\.dim: expected > 0, got -1"):
+    with pytest.raises(ValueError, match=r"RMSNormConfig\.dim: expected a positive number, got -1"):
         instantiate(LazyConfig(RMSNormConfig)(dim=-1))
 
 

@@ -179,9 +179,9 @@ def test_fit_stops_early(token_mixer):
 def test_bad_train_settings():
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="linear")
-    with pytest.raises(ValueError, match=r"lr: expected > 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"lr: expected a positive number, got 0.0"):
         TrainConfig(lr=0)
-    with pytest.raises(ValueError, match=r"early_stop_acc: expected a value in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"early_stop_acc: expected a number in \[0, 1\]"):
         TrainConfig(early_stop_acc=1.5)
 
 

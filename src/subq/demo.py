@@ -22,6 +22,7 @@ import attrs
 import torch
 from attrs import validators as v
 
+from subq import _validators as check
 from subq.lazy_config import to_json
 from subq.models.lm import build_lm, check_mixer_names, lm_spec
 from subq.tasks.mqar import MQARConfig, make_mqar
@@ -48,11 +49,6 @@ REFERENCE_ACCURACY: dict[tuple[str, int, int, int], float] = {
 def reference_accuracy(mixer: str, seq_len: int, pairs: int, width: int) -> float | None:
     """The paper's accuracy for this setting, or None where it reports none."""
     return REFERENCE_ACCURACY.get((mixer, seq_len, pairs, width))
-
-
-def _positive_int(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"DemoConfig.{attribute.name}: expected a positive int, got {value!r}")
 
 
 def _tuple_of_names(value: Any) -> tuple[str, ...]:
@@ -87,19 +83,19 @@ class DemoConfig:
     """
 
     mixers: tuple[str, ...] = attrs.field(default=DEFAULT_MIXERS, converter=_tuple_of_names)
-    seq_len: int = attrs.field(default=64, validator=_positive_int)
-    pairs: int = attrs.field(default=4, validator=_positive_int)
-    width: int = attrs.field(default=64, validator=_positive_int)
-    vocab_size: int = attrs.field(default=256, validator=_positive_int)
-    num_layers: int = attrs.field(default=2, validator=_positive_int)
-    epochs: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
-    num_train: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
-    num_test: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
-    batch_size: int = attrs.field(default=128, validator=_positive_int)
+    seq_len: int = attrs.field(default=64, validator=check.positive_int)
+    pairs: int = attrs.field(default=4, validator=check.positive_int)
+    width: int = attrs.field(default=64, validator=check.positive_int)
+    vocab_size: int = attrs.field(default=256, validator=check.positive_int)
+    num_layers: int = attrs.field(default=2, validator=check.positive_int)
+    epochs: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
+    num_train: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
+    num_test: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
+    batch_size: int = attrs.field(default=128, validator=check.positive_int)
     lr: float = attrs.field(default=1e-2, converter=float)
     seed: int = attrs.field(default=0, validator=v.instance_of(int))
     device: str | None = attrs.field(default=None)
-    threads: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
+    threads: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
     quick: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:

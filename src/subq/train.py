@@ -18,23 +18,12 @@ import torch.nn.functional as F
 from attrs import validators as v
 from torch import Tensor, nn
 
+from subq import _validators as check
 from subq.tasks.mqar import MQARData, MQARSplit
 
 __all__ = ["EpochRecord", "TrainConfig", "TrainResult", "evaluate", "fit", "make_optimizer"]
 
 SCHEDULES = ("cosine", "onecycle", "constant")
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{type(instance).__name__}.{attribute.name}: expected > 0, got {value!r}")
-
-
-def _fraction(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not 0 <= value <= 1:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a value in [0, 1], got {value!r}"
-        )
 
 
 @attrs.frozen(kw_only=True)
@@ -58,15 +47,15 @@ class TrainConfig:
         seed: seeds the shuffling generator.
     """
 
-    epochs: int = attrs.field(default=10, validator=[v.instance_of(int), _positive])
-    batch_size: int = attrs.field(default=128, validator=[v.instance_of(int), _positive])
-    lr: float = attrs.field(default=1e-3, converter=float, validator=_positive)
+    epochs: int = attrs.field(default=10, validator=[v.instance_of(int), check.positive])
+    batch_size: int = attrs.field(default=128, validator=[v.instance_of(int), check.positive])
+    lr: float = attrs.field(default=1e-3, converter=float, validator=check.positive)
     weight_decay: float = attrs.field(default=0.1, converter=float, validator=v.ge(0.0))
     schedule: str = attrs.field(default="cosine", validator=v.in_(SCHEDULES))
-    warmup: float = attrs.field(default=0.1, converter=float, validator=_fraction)
-    early_stop_acc: float | None = attrs.field(default=0.99, validator=_fraction)
-    grad_clip: float | None = attrs.field(default=1.0, validator=v.optional(_positive))
-    eval_batch_size: int = attrs.field(default=500, validator=[v.instance_of(int), _positive])
+    warmup: float = attrs.field(default=0.1, converter=float, validator=check.optional(check.in_range(0, 1)))
+    early_stop_acc: float | None = attrs.field(default=0.99, validator=check.optional(check.in_range(0, 1)))
+    grad_clip: float | None = attrs.field(default=1.0, validator=v.optional(check.positive))
+    eval_batch_size: int = attrs.field(default=500, validator=[v.instance_of(int), check.positive])
     seed: int = attrs.field(default=0, validator=v.instance_of(int))
 
 

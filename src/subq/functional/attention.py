@@ -38,6 +38,7 @@ import attrs
 import torch
 from attrs import validators as av
 
+from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Bool, Float, Int, Tensor, shapecheck
 from subq.functional.norm import RMSNormConfig, RMSNormParams, init_rms_norm, l2_norm, rms_norm
@@ -706,37 +707,6 @@ _QK_NORMS = (None, "l2", "rms")
 _POS_EMBS = ("none", "rope", "alibi")
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive int, got {value!r}"
-        )
-
-
-def _optional_positive_int(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if value is not None:
-        _positive_int(instance, attribute, value)
-
-
-def _optional_positive_float(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and value > 0):
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive float or None, "
-            f"got {value!r}"
-        )
-
-
-def _one_of(options: tuple[Any, ...]):
-    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
-        if value not in options:
-            raise ValueError(
-                f"{type(instance).__name__}.{attribute.name}: expected one of {list(options)}, "
-                f"got {value!r}"
-            )
-
-    return check
-
-
 def _optional_attention_type(value: AttentionType | str | None) -> AttentionType | None:
     return None if value is None else AttentionType(value)
 
@@ -745,25 +715,25 @@ def _optional_attention_type(value: AttentionType | str | None) -> AttentionType
 class _HeadsConfig:
     """Fields shared by the layer and the inner mixer: how heads are normalised, rotated, mixed."""
 
-    num_heads: int = attrs.field(validator=_positive_int)
+    num_heads: int = attrs.field(validator=check.positive_int)
     causal: bool = attrs.field(default=False, validator=av.instance_of(bool))
-    window: int | None = attrs.field(default=None, validator=_optional_positive_int)
-    qk_norm: str | None = attrs.field(default=None, validator=_one_of(_QK_NORMS))
+    window: int | None = attrs.field(default=None, validator=check.optional(check.positive_int))
+    qk_norm: str | None = attrs.field(default=None, validator=check.one_of(_QK_NORMS))
     learnable_qk_scale: bool = attrs.field(default=True, validator=av.instance_of(bool))
-    qk_scale_init: float | None = attrs.field(default=None, validator=_optional_positive_float)
+    qk_scale_init: float | None = attrs.field(default=None, validator=check.optional(check.positive))
     norm_eps: float = attrs.field(default=1e-6, converter=float)
-    pos_emb: str = attrs.field(default="none", validator=_one_of(_POS_EMBS))
+    pos_emb: str = attrs.field(default="none", validator=check.one_of(_POS_EMBS))
     rope_base: float = attrs.field(default=10000.0, converter=float)
     rope_pairing: str = attrs.field(
-        default="split_half", validator=_one_of(("split_half", "interleaved"))
+        default="split_half", validator=check.one_of(("split_half", "interleaved"))
     )
-    softcap: float | None = attrs.field(default=None, validator=_optional_positive_float)
+    softcap: float | None = attrs.field(default=None, validator=check.optional(check.positive))
     dropout_rate: float = attrs.field(default=0.0, converter=float)
     attention_type: AttentionType | None = attrs.field(
         default=None, converter=_optional_attention_type
     )
-    attention_block_size: int = attrs.field(default=512, validator=_positive_int)
-    linear_attention_chunk_size: int = attrs.field(default=64, validator=_positive_int)
+    attention_block_size: int = attrs.field(default=512, validator=check.positive_int)
+    linear_attention_chunk_size: int = attrs.field(default=64, validator=check.positive_int)
     linear_feature_map: str = attrs.field(default="elu")
 
     def _check_heads(self, head_dim: int, num_kv_heads: int) -> None:
@@ -822,9 +792,9 @@ class AttentionConfig(_HeadsConfig):
         linear_feature_map: feature map of the linear backend.
     """
 
-    dim: int = attrs.field(validator=_positive_int)
-    num_kv_heads: int | None = attrs.field(default=None, validator=_optional_positive_int)
-    head_dim: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    dim: int = attrs.field(validator=check.positive_int)
+    num_kv_heads: int | None = attrs.field(default=None, validator=check.optional(check.positive_int))
+    head_dim: int | None = attrs.field(default=None, validator=check.optional(check.positive_int))
     fused_qkv: bool = attrs.field(default=True, validator=av.instance_of(bool))
     qkv_bias: bool = attrs.field(default=False, validator=av.instance_of(bool))
     out_bias: bool = attrs.field(default=False, validator=av.instance_of(bool))
@@ -861,7 +831,7 @@ class AttentionMixerConfig(_HeadsConfig):
     channels split equally over the axes).
     """
 
-    hidden_dim: int = attrs.field(validator=_positive_int)
+    hidden_dim: int = attrs.field(validator=check.positive_int)
 
     def __attrs_post_init__(self) -> None:
         if self.hidden_dim % self.num_heads:

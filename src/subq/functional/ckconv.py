@@ -25,6 +25,7 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
+from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Float, shapecheck
 from subq.functional.fftconv import fft_conv, normalize_modes
@@ -48,13 +49,6 @@ __all__ = [
 ]
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive int, got {value!r}"
-        )
-
-
 def _sizes(value: int | Sequence[int]) -> tuple[int, ...]:
     return (int(value),) if isinstance(value, int) else tuple(int(s) for s in value)
 
@@ -75,7 +69,7 @@ class CKConvConfig:
         chunk_size: channel chunk of the FFT convolution, or None.
     """
 
-    hidden_dim: int = attrs.field(validator=_positive_int)
+    hidden_dim: int = attrs.field(validator=check.positive_int)
     ndim: int = attrs.field(default=1, validator=v.in_((1, 2, 3)))
     mode: tuple[str, ...] | None = attrs.field(
         default=None,
@@ -83,8 +77,8 @@ class CKConvConfig:
     )
     max_size: tuple[int, ...] = attrs.field(default=1024, converter=_sizes)
     kernel: KernelNetConfig | None = attrs.field(default=None)
-    cond_dim: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
-    chunk_size: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
+    cond_dim: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
+    chunk_size: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
 
     def __attrs_post_init__(self) -> None:
         set_ = object.__setattr__

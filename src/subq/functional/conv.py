@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from attrs import validators as v
 from torch import Tensor
 
+from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Float, shapecheck
 
@@ -31,13 +32,6 @@ __all__ = [
 ]
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive int, got {value!r}"
-        )
-
-
 @attrs.frozen(kw_only=True)
 class ShortConvConfig:
     """A depthwise convolution with a small kernel.
@@ -50,8 +44,8 @@ class ShortConvConfig:
         bias: learn a per-channel bias.
     """
 
-    channels: int = attrs.field(validator=_positive_int)
-    kernel_size: int = attrs.field(default=3, validator=_positive_int)
+    channels: int = attrs.field(validator=check.positive_int)
+    kernel_size: int = attrs.field(default=3, validator=check.positive_int)
     ndim: int = attrs.field(default=1, validator=v.in_((1, 2, 3)))
     causal: bool = attrs.field(default=True, validator=v.instance_of(bool))
     bias: bool = attrs.field(default=False, validator=v.instance_of(bool))

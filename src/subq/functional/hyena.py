@@ -29,6 +29,7 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
+from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Float, Int, shapecheck
 from subq.functional.conv import (
@@ -78,13 +79,6 @@ QK_NORMS = ("none", "l2", "rms")
 GATES = ("sigmoid", "silu", "identity")
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive int, got {value!r}"
-        )
-
-
 def _sizes(value: int | Sequence[int]) -> tuple[int, ...]:
     return (int(value),) if isinstance(value, int) else tuple(int(s) for s in value)
 
@@ -113,7 +107,7 @@ class HyenaConfig:
             kernels), or None.
     """
 
-    hidden_dim: int = attrs.field(validator=_positive_int)
+    hidden_dim: int = attrs.field(validator=check.positive_int)
     ndim: int = attrs.field(default=1, validator=v.in_((1, 2, 3)))
     mode: tuple[str, ...] | None = attrs.field(
         default=None,
@@ -121,14 +115,14 @@ class HyenaConfig:
     )
     causal: bool | None = attrs.field(default=None, validator=v.optional(v.instance_of(bool)))
     max_size: tuple[int, ...] = attrs.field(default=1024, converter=_sizes)
-    short_kernel_size: int = attrs.field(default=3, validator=_positive_int)
+    short_kernel_size: int = attrs.field(default=3, validator=check.positive_int)
     filter: KernelNetConfig | None = attrs.field(default=None)
     qk_norm: str = attrs.field(default="none", validator=v.in_(QK_NORMS))
     norm: str = attrs.field(default="none", validator=v.in_(NORMS))
     out_norm: str = attrs.field(default="none", validator=v.in_(NORMS))
     value_gate: str = attrs.field(default="sigmoid", validator=v.in_(GATES))
-    chunk_size: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
-    cond_dim: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
+    chunk_size: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
+    cond_dim: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
 
     def __attrs_post_init__(self) -> None:
         set_ = object.__setattr__

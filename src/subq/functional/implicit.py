@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from attrs import validators as v
 from torch import Tensor
 
+from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Float, shapecheck
 
@@ -84,13 +85,6 @@ def _linear(p: LinearParams, x: Tensor) -> Tensor:
     return F.linear(x, p.weight.to(x.dtype), bias)
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive int, got {value!r}"
-        )
-
-
 def _sizes(value: int | Sequence[int] | None) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -122,15 +116,15 @@ class KernelNetConfig:
         length_policy: ``"extrapolate"`` or ``"resample"`` (see the module docstring).
     """
 
-    channels: int = attrs.field(validator=_positive_int)
+    channels: int = attrs.field(validator=check.positive_int)
     ndim: int = attrs.field(default=1, validator=v.in_((1, 2, 3)))
     kind: str = attrs.field(default="hyena", validator=v.in_(KINDS))
-    hidden: int = attrs.field(default=32, validator=_positive_int)
-    num_layers: int = attrs.field(default=3, validator=_positive_int)
+    hidden: int = attrs.field(default=32, validator=check.positive_int)
+    num_layers: int = attrs.field(default=3, validator=check.positive_int)
     omega_0: float = attrs.field(default=1.0, converter=float)
     hidden_omega_0: float = attrs.field(default=30.0, converter=float)
-    bands: int = attrs.field(default=4, validator=_positive_int)
-    rff_features: int = attrs.field(default=32, validator=_positive_int)
+    bands: int = attrs.field(default=4, validator=check.positive_int)
+    rff_features: int = attrs.field(default=32, validator=check.positive_int)
     rff_sigma: float = attrs.field(default=10.0, converter=float)
     mask: str = attrs.field(default="exponential", validator=v.in_(MASKS))
     mask_init: tuple[float, float] = attrs.field(

@@ -13,6 +13,7 @@ import attrs
 import torch
 from attrs import validators as v
 
+from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Float, Tensor, shapecheck
 from subq.ops.norm import layer_norm_op, rms_norm_op
@@ -55,31 +56,15 @@ def apply_qk_norm(
     return l2_norm(query, dim=dim, eps=eps), l2_norm(key, dim=dim, eps=eps)
 
 
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    # bool is an int subclass: reject it explicitly so dim=True is not read as 1.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive number, got {value!r}"
-        )
-
-
-def _optional_positive_int(instance: object, attribute: attrs.Attribute, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or value <= 0):
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive int or None, "
-            f"got {value!r}"
-        )
-
-
 @attrs.frozen(kw_only=True)
 class _NormConfig:
     """Fields shared by RMSNorm and LayerNorm configs."""
 
-    dim: int = attrs.field(validator=[v.instance_of(int), _positive])
-    eps: float = attrs.field(default=1e-6, validator=_positive)
+    dim: int = attrs.field(validator=[v.instance_of(int), check.positive])
+    eps: float = attrs.field(default=1e-6, validator=check.positive)
     affine: bool = attrs.field(default=True, validator=v.instance_of(bool))
     channels_first: bool = attrs.field(default=False, validator=v.instance_of(bool))
-    num_heads: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    num_heads: int | None = attrs.field(default=None, validator=check.optional(check.positive_int))
 
     def __attrs_post_init__(self) -> None:
         if self.num_heads is not None and self.channels_first:
@@ -106,7 +91,7 @@ class LayerNormConfig(_NormConfig):
         bias: learn a bias as well as the weight (only with ``affine``).
     """
 
-    eps: float = attrs.field(default=1e-5, validator=_positive)
+    eps: float = attrs.field(default=1e-5, validator=check.positive)
     bias: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 

@@ -23,6 +23,7 @@ import attrs
 import torch
 from attrs import validators as v
 
+from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Float, Integer, Tensor, shapecheck
 
@@ -97,13 +98,6 @@ def sinusoidal_positions(
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive int, got {value!r}"
-        )
-
-
 @attrs.frozen(kw_only=True)
 class LearnedPositionalConfig:
     """A learned table of ``max_len`` position embeddings of ``dim`` channels.
@@ -114,8 +108,8 @@ class LearnedPositionalConfig:
         init_std: standard deviation of the truncated-normal init (cut at ±2·std).
     """
 
-    max_len: int = attrs.field(validator=_positive_int)
-    dim: int = attrs.field(validator=_positive_int)
+    max_len: int = attrs.field(validator=check.positive_int)
+    dim: int = attrs.field(validator=check.positive_int)
     init_std: float = attrs.field(default=0.02, converter=float, validator=v.ge(0.0))
 
 

@@ -19,6 +19,7 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
+from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Int
 
@@ -35,20 +36,6 @@ IGNORE_INDEX = -100
 """Label of the positions that are not scored (``torch.nn.functional.cross_entropy``'s default)."""
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected a positive int, got {value!r}"
-        )
-
-
-def _power(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 < value <= 1:
-        raise ValueError(
-            f"{type(instance).__name__}.{attribute.name}: expected 0 < power_a <= 1, got {value!r}"
-        )
-
-
 @attrs.frozen(kw_only=True)
 class MQARConfig:
     """Settings of an MQAR data set; impossible settings are rejected at construction.
@@ -63,12 +50,12 @@ class MQARConfig:
         seed: seed of the generator.
     """
 
-    vocab_size: int = attrs.field(default=256, validator=_positive_int)
-    seq_len: int = attrs.field(default=64, validator=_positive_int)
-    num_pairs: int = attrs.field(default=4, validator=_positive_int)
-    num_train: int = attrs.field(default=20_000, validator=_positive_int)
-    num_test: int = attrs.field(default=1_000, validator=_positive_int)
-    power_a: float = attrs.field(default=0.01, converter=float, validator=_power)
+    vocab_size: int = attrs.field(default=256, validator=check.positive_int)
+    seq_len: int = attrs.field(default=64, validator=check.positive_int)
+    num_pairs: int = attrs.field(default=4, validator=check.positive_int)
+    num_train: int = attrs.field(default=20_000, validator=check.positive_int)
+    num_test: int = attrs.field(default=1_000, validator=check.positive_int)
+    power_a: float = attrs.field(default=0.01, converter=float, validator=check.in_range(0, 1, low_open=True))
     seed: int = attrs.field(default=0, validator=v.instance_of(int))
 
     def __attrs_post_init__(self) -> None:
