@@ -190,7 +190,7 @@ def bench_fftconv(device: torch.device, quick: bool) -> list[dict[str, Any]]:
                 ),
             ]
             if length <= 16384 and os.environ.get("SUBQ_BENCH_EXPERIMENTS"):
-                # Measured once (docs/benchmarks_fftconv.md); neither beat "subq compiled".
+                # Measured once (docs/benchmarks.md); neither beat "subq compiled".
                 impls += [
                     (
                         "exp: one graph, 32-ch chunks, cudagraph",
