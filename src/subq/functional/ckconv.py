@@ -34,6 +34,7 @@ from subq.functional.implicit import (
     KernelNetConfig,
     KernelNetParams,
     LinearParams,
+    check_kernel_config,
     implicit_kernel,
     init_kernel_net,
 )
@@ -113,15 +114,8 @@ class CKConvConfig:
                     construction_size=self.max_size,
                 ),
             )
-        elif not isinstance(self.kernel, KernelNetConfig):
-            raise TypeError(
-                f"CKConvConfig.kernel: expected a KernelNetConfig, got {type(self.kernel)!r}"
-            )
-        elif self.kernel.channels != self.hidden_dim or self.kernel.ndim != self.ndim:
-            raise ValueError(
-                f"CKConvConfig.kernel: channels and ndim must equal hidden_dim={self.hidden_dim} "
-                f"and ndim={self.ndim}, got channels={self.kernel.channels}, ndim={self.kernel.ndim}"
-            )
+        else:
+            check_kernel_config("CKConvConfig.kernel", self.kernel, self.hidden_dim, self.ndim)
 
     @property
     def causal(self) -> bool:

@@ -47,6 +47,7 @@ from subq.functional.implicit import (
     KernelNetConfig,
     KernelNetParams,
     LinearParams,
+    check_kernel_config,
     implicit_kernel,
     init_kernel_net,
 )
@@ -162,15 +163,8 @@ class HyenaConfig:
                     construction_size=self.max_size,
                 ),
             )
-        elif not isinstance(self.filter, KernelNetConfig):
-            raise TypeError(
-                f"HyenaConfig.filter: expected a KernelNetConfig, got {type(self.filter)!r}"
-            )
-        elif self.filter.channels != self.hidden_dim or self.filter.ndim != self.ndim:
-            raise ValueError(
-                f"HyenaConfig.filter: channels and ndim must equal hidden_dim={self.hidden_dim} and "
-                f"ndim={self.ndim}, got channels={self.filter.channels}, ndim={self.filter.ndim}"
-            )
+        else:
+            check_kernel_config("HyenaConfig.filter", self.filter, self.hidden_dim, self.ndim)
 
     @property
     def short_conv_config(self) -> ShortConvConfig:

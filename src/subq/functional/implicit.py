@@ -57,6 +57,7 @@ __all__ = [
     "KernelNetConfig",
     "KernelNetParams",
     "LinearParams",
+    "check_kernel_config",
     "implicit_kernel",
     "init_kernel_net",
     "init_kernel_net_buffers",
@@ -179,6 +180,20 @@ class KernelNetConfig:
         if self.kind == "rff":
             return 2 * self.rff_features
         return self.ndim
+
+
+def check_kernel_config(owner: str, value: object, channels: int, ndim: int) -> None:
+    """Raise unless ``value`` is a :class:`KernelNetConfig` for ``channels`` channels in ``ndim``-D.
+
+    ``owner`` names the config field in the message (``"HyenaConfig.filter"``).
+    """
+    if not isinstance(value, KernelNetConfig):
+        raise TypeError(f"{owner}: expected a KernelNetConfig, got {type(value)!r}")
+    if value.channels != channels or value.ndim != ndim:
+        raise ValueError(
+            f"{owner}: channels and ndim must equal hidden_dim={channels} and ndim={ndim}, "
+            f"got channels={value.channels}, ndim={value.ndim}"
+        )
 
 
 @pytree_node

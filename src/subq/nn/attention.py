@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from subq.functional import attention as F
-from subq.nn.base import Shell
+from subq.nn.base import Shell, mixer_config
 
 __all__ = ["Attention", "AttentionMixer"]
 
@@ -76,13 +76,7 @@ class AttentionMixer(Shell):
         dtype: torch.dtype | None = None,
         **fields: Any,
     ) -> None:
-        if cfg is None:
-            cfg = F.AttentionMixerConfig(hidden_dim=hidden_dim, **fields)
-        elif hidden_dim is not None and hidden_dim != cfg.hidden_dim:
-            raise ValueError(
-                f"AttentionMixer: hidden_dim={hidden_dim} differs from cfg.hidden_dim="
-                f"{cfg.hidden_dim}"
-            )
+        cfg = mixer_config("AttentionMixer", F.AttentionMixerConfig, hidden_dim, cfg, fields)
         self.cfg = cfg
         super().__init__(
             F.init_attention_mixer(cfg, generator=generator, device=device, dtype=dtype)

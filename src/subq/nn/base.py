@@ -84,3 +84,22 @@ def _as_module(value: Any) -> nn.Module:
     if isinstance(value, nn.Module):
         return value
     return ParamsHolder(value)
+
+
+def mixer_config(
+    owner: str, config_cls: type, hidden_dim: int | None, cfg: Any, fields: dict
+) -> Any:
+    """The config of a mixer shell built as ``Shell(hidden_dim, cfg)`` or ``Shell(hidden_dim, **fields)``.
+
+    ``QKVSequenceMixer`` builds its inner mixer with ``hidden_dim`` alone; users pass either a
+    config or its fields. Conflicting ``hidden_dim`` or both forms at once raise, naming ``owner``.
+    """
+    if cfg is None:
+        return config_cls(hidden_dim=hidden_dim, **fields)
+    if hidden_dim is not None and hidden_dim != cfg.hidden_dim:
+        raise ValueError(
+            f"{owner}: hidden_dim={hidden_dim} differs from cfg.hidden_dim={cfg.hidden_dim}"
+        )
+    if fields:
+        raise TypeError(f"{owner}: pass either cfg or config fields, got both ({sorted(fields)})")
+    return cfg

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from subq.functional import hyena as F
 from subq.functional.implicit import KernelNetBuffers, init_kernel_net_buffers
-from subq.nn.base import Shell
+from subq.nn.base import Shell, mixer_config
 
 __all__ = ["Hyena"]
 
@@ -35,14 +35,7 @@ class Hyena(Shell):
         dtype: torch.dtype | None = None,
         **fields: Any,
     ) -> None:
-        if cfg is None:
-            cfg = F.HyenaConfig(hidden_dim=hidden_dim, **fields)
-        elif hidden_dim is not None and hidden_dim != cfg.hidden_dim:
-            raise ValueError(
-                f"Hyena: hidden_dim={hidden_dim} differs from cfg.hidden_dim={cfg.hidden_dim}"
-            )
-        elif fields:
-            raise TypeError(f"Hyena: pass either cfg or config fields, got both ({sorted(fields)})")
+        cfg = mixer_config("Hyena", F.HyenaConfig, hidden_dim, cfg, fields)
         self.cfg = cfg
         super().__init__(F.init_hyena(cfg, generator=generator, device=device, dtype=dtype))
         buffers = init_kernel_net_buffers(cfg.filter, generator=generator, device=device)
