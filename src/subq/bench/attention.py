@@ -14,7 +14,6 @@ implementation is checked against a reference before it is timed (``rel_err`` co
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -279,22 +278,23 @@ def _memory_rows(device, quick) -> list[dict[str, Any]]:
     return rows
 
 
-def _linear_rows(device, quick) -> list[dict[str, Any]]:
+def _linear_rows(
+    device, quick, only: tuple[str, ...] | None = None, fla_limit_s: int = 60
+) -> list[dict[str, Any]]:
+    """``only``: the implementations to time (default all); ``fla_limit_s``: fla's autotune bound."""
     b, h, t, d = (1, 2, 256, 32) if quick else (4, 16, 16384, 128)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     inputs = _inputs((b, h, t, d), 1, device, dtype)
     impls: dict[str, Callable] = {
+        # Dispatched: the Inductor-compiled backend on CUDA, the reference elsewhere.
         "subq_linear_c64": lambda q, k, v: linear_attention(q, k, v, causal=True, chunk_size=64),
-        "subq_linear_c128": lambda q, k, v: linear_attention(q, k, v, causal=True, chunk_size=128),
+        "subq_linear_c64_reference": lambda q, k, v: linear_attention(
+            q, k, v, causal=True, chunk_size=64, backend="reference"
+        ),
         "sdpa_causal_softmax": lambda q, k, v: F.scaled_dot_product_attention(
             q, k, v, is_causal=True
         ),
     }
-    if device.type == "cuda":
-        # Inductor fuses the feature maps, masks and sums of the chunked form around the matmuls.
-        impls["subq_linear_c64_compiled"] = torch.compile(
-            functools.partial(linear_attention, causal=True, chunk_size=64), fullgraph=True
-        )
     try:
         from fla.ops.linear_attn import chunk_linear_attn
 
@@ -310,9 +310,13 @@ def _linear_rows(device, quick) -> list[dict[str, Any]]:
     except Exception as err:
         fla_err = f"{type(err).__name__}: {err}".splitlines()[0][:120]
         impls["fla_chunk_linear_attn"] = None  # reported below
+    if only is not None:
+        impls = {name: fn for name, fn in impls.items() if name in only}
     rows = []
     with torch.no_grad():
-        ref = linear_attention(*(x.float() for x in inputs[0]), causal=True, chunk_size=64)
+        ref = linear_attention(
+            *(x.float() for x in inputs[0]), causal=True, chunk_size=64, backend="reference"
+        )
     times: dict[str, float] = {}
     for name, fn in impls.items():
         if fn is None:
@@ -332,7 +336,7 @@ def _linear_rows(device, quick) -> list[dict[str, Any]]:
 
                 ctx = contextlib.nullcontext
             # fla autotunes its Triton kernels on first use; bound the time it may take.
-            limit = 60 if name.startswith("fla") and device.type == "cuda" else 0
+            limit = fla_limit_s if name.startswith("fla") and device.type == "cuda" else 0
             with ctx(), _alarm(limit):
                 out, err = _try(lambda run=run, args=args: run(*args[0]))
                 if err is not None:

@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import attrs
 import torch
-import torch.nn.functional as F
 
 from subq._pytree import pytree_node
 from subq._typing import Bool, Float, Tensor, shapecheck
+from subq.ops.linear_attention import (
+    FEATURE_MAPS,
+    apply_feature_map,
+    linear_attention_op,
+    normalised,
+)
 
 __all__ = [
     "FEATURE_MAPS",
@@ -33,24 +38,6 @@ __all__ = [
     "linear_attention",
     "linear_attention_step",
 ]
-
-#: Feature maps ``φ``: ``elu`` = elu(x) + 1 (Katharopoulos et al.), ``relu``, ``softmax`` over
-#: the head channels (Shen et al., "Efficient Attention"), ``identity`` (unnormalised linear
-#: attention; use ``normalize=False`` with it, as its denominator can vanish).
-FEATURE_MAPS = ("elu", "relu", "softmax", "identity")
-
-
-def apply_feature_map(x: Tensor, name: str) -> Tensor:
-    """Apply the feature map ``name`` (one of :data:`FEATURE_MAPS`) to the last axis."""
-    if name == "elu":
-        return F.elu(x) + 1.0
-    if name == "relu":
-        return F.relu(x)
-    if name == "softmax":
-        return torch.softmax(x, dim=-1)
-    if name == "identity":
-        return x
-    raise ValueError(f"linear_attention: feature_map must be one of {FEATURE_MAPS}, got {name!r}")
 
 
 @pytree_node
@@ -116,10 +103,6 @@ def _check(query: Tensor, key: Tensor, value: Tensor, chunk_size: int, mask: Ten
         )
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @shapecheck
 def linear_attention(
     query: Float[Tensor, "..."],
@@ -134,6 +117,7 @@ def linear_attention(
     eps: float = 0.0,
     initial_state: LinearAttentionState | None = None,
     return_state: bool = False,
+    backend: str | None = None,
 ) -> Float[Tensor, "..."] | tuple[Float[Tensor, "..."], LinearAttentionState]:
     """Linear attention of ``query [B, heads, T, D]`` over ``key``/``value [B, kv_heads, S, *]``.
 
@@ -150,6 +134,8 @@ def linear_attention(
         initial_state: causal only: the state of the tokens before this call (decoding after a
             prompt, or a long sequence in pieces).
         return_state: causal only: also return the state after the last token.
+        backend: a backend of the ``linear_attention`` op (``compiled``: CUDA, Inductor;
+            ``reference``: any device); ``None`` lets the dispatcher choose.
 
     Returns:
         ``[B, heads, T, dv]`` in the query dtype (and the state with ``return_state``).
@@ -160,81 +146,21 @@ def linear_attention(
         torch.Size([1, 2, 10, 4])
     """
     _check(query, key, value, chunk_size, key_padding_mask)
-    b, heads, t, d = query.shape
-    kvh, s, dv = key.shape[1], key.shape[2], value.shape[-1]
-    g = heads // kvh
+    t, s = query.shape[2], key.shape[2]
     if causal and t != s:
         raise ValueError(
             f"linear_attention: causal needs as many queries as keys, got T={t}, S={s}"
         )
     if (initial_state is not None or return_state) and not causal:
         raise ValueError("linear_attention: initial_state/return_state need causal=True")
-    cd = _compute_dtype(query.dtype)
-    fq = apply_feature_map(query.to(cd), feature_map).reshape(b, kvh, g, t, d)
-    fk = apply_feature_map(key.to(cd), feature_map)
-    vv = value.to(cd)
-    if key_padding_mask is not None:
-        keep = key_padding_mask[:, None, :, None].to(cd)
-        fk = fk * keep
-    if not causal:
-        kv = torch.einsum("bksd,bkse->bkde", fk, vv)
-        num = torch.einsum("bkgtd,bkde->bkgte", fq, kv)
-        den = torch.einsum("bkgtd,bkd->bkgt", fq, fk.sum(2))[..., None]
-        out = _normalised(num, den, normalize, eps)
-        return out.reshape(b, heads, t, dv).to(query.dtype)
-    mm = query.dtype if query.dtype in (torch.float16, torch.bfloat16) else cd
-    out, state = _causal_chunked(fq, fk, vv, chunk_size, normalize, eps, initial_state, mm)
-    out = out.reshape(b, heads, t, dv).to(query.dtype)
-    return (out, state) if return_state else out
-
-
-def _normalised(num: Tensor, den: Tensor, normalize: bool, eps: float) -> Tensor:
-    if not normalize:
-        return num
-    den = den + eps
-    # No visible key (or all features zero): the numerator is 0 too; return 0, not NaN.
-    return num / torch.where(den != 0, den, torch.ones_like(den))
-
-
-def _causal_chunked(fq, fk, v, chunk, normalize, eps, initial_state, mm_dtype):
-    """fq ``[B, KVH, G, T, D]``, fk ``[B, KVH, T, D]``, v ``[B, KVH, T, E]`` (compute dtype).
-
-    The matrix products run in ``mm_dtype`` (the input dtype for float16/bfloat16, so the
-    tensor cores are used); the running sums and the denominators stay in the compute dtype.
-    """
-    b, kvh, g, t, d = fq.shape
-    e = v.shape[-1]
-    n = -(-t // chunk)
-    pad = n * chunk - t
-    if pad:
-        # Padded keys have φ(k) = 0 (no contribution); padded query rows are dropped below.
-        fq = F.pad(fq, (0, 0, 0, pad))
-        fk = F.pad(fk, (0, 0, 0, pad))
-        v = F.pad(v, (0, 0, 0, pad))
-    cd = fq.dtype
-    qc = fq.reshape(b, kvh, g, n, chunk, d)
-    kc = fk.reshape(b, kvh, n, chunk, d)
-    vc = v.reshape(b, kvh, n, chunk, e)
-    qm, km, vm = qc.to(mm_dtype), kc.to(mm_dtype), vc.to(mm_dtype)
-    # Sums of each chunk, then an exclusive prefix over chunks: the state before each chunk.
-    kv_chunk = torch.einsum("bkncd,bknce->bknde", km, vm).to(cd)
-    ks_chunk = kc.sum(3)
-    kv_before = kv_chunk.cumsum(2) - kv_chunk
-    ks_before = ks_chunk.cumsum(2) - ks_chunk
-    if initial_state is not None:
-        kv_before = kv_before + initial_state.kv.to(cd)[:, :, None]
-        ks_before = ks_before + initial_state.k_sum.to(cd)[:, :, None]
-    tri = torch.ones(chunk, chunk, dtype=torch.bool, device=fq.device).tril()
-    scores = torch.einsum("bkgncd,bknsd->bkgncs", qm, km) * tri
-    num = torch.einsum("bkgncs,bknse->bkgnce", scores, vm).to(cd)
-    num = num + torch.einsum("bkgncd,bknde->bkgnce", qm, kv_before.to(mm_dtype)).to(cd)
-    den = scores.to(cd).sum(-1) + torch.einsum("bkgncd,bknd->bkgnc", qc, ks_before)
-    out = _normalised(num, den[..., None], normalize, eps)
-    out = out.reshape(b, kvh, g, n * chunk, e)[:, :, :, :t]
-    state = LinearAttentionState(
-        kv=kv_before[:, :, -1] + kv_chunk[:, :, -1], k_sum=ks_before[:, :, -1] + ks_chunk[:, :, -1]
+    init = (None, None) if initial_state is None else (initial_state.kv, initial_state.k_sum)
+    facts = {"device": query.device, "dtype": query.dtype}
+    out, kv, k_sum = linear_attention_op.select(facts, backend)(
+        query, key, value, key_padding_mask, *init, causal, feature_map, chunk_size, normalize, eps
     )
-    return out, state
+    if return_state:
+        return out, LinearAttentionState(kv=kv, k_sum=k_sum)
+    return out
 
 
 @shapecheck
@@ -264,5 +190,5 @@ def linear_attention_step(
     )
     num = torch.einsum("bkgd,bkde->bkge", fq, new.kv)
     den = torch.einsum("bkgd,bkd->bkg", fq, new.k_sum)[..., None]
-    out = _normalised(num, den, normalize, eps).reshape(b, heads, 1, dv)
+    out = normalised(num, den, normalize, eps).reshape(b, heads, 1, dv)
     return out.to(query.dtype), new

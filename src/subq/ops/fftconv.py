@@ -28,14 +28,13 @@ backends (the gates and the layout change fuse into the passes around the FFTs).
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from subq.ops.capabilities import module_available
+from subq.ops._compile import compiled_check, compiled_for, tensor_signature
 from subq.ops.dispatch import Backend, Op
 
 __all__ = [
@@ -282,34 +281,6 @@ def _gated_with(core, q, k, v, kernel, skip, modes, value_gate, chunk_size) -> T
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
-_COMPILED: dict[tuple, Callable[..., Tensor]] = {}
-
-
-def _compiled(name: str, fn: Callable[..., Tensor], key: tuple) -> Callable[..., Tensor]:
-    """``fn`` compiled by Inductor for the static signature ``key``, unless already traced.
-
-    Inside an outer ``torch.compile`` the plain function is traced into the caller's graph; under
-    ``torch.func`` transforms the plain function runs (functorch levels do not mix with a nested
-    compiled region). Each signature compiles its own copy of ``fn``'s code object: dynamo's
-    recompile limit counts per code object, and a layer legitimately meets many lengths.
-    """
-    if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
-        return fn
-    full_key = (name, *key)
-    if full_key not in _COMPILED:
-        clone = types.FunctionType(
-            fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
-        )
-        _COMPILED[full_key] = torch.compile(clone, fullgraph=True, dynamic=False)
-    return _COMPILED[full_key]
-
-
-def _signature(*tensors: Tensor | None) -> tuple:
-    return tuple(
-        None if t is None else (tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in tensors
-    )
-
-
 def _conv_core_k(x, kernel, skip, plans, out_dtype):
     # The kernel spectrum inside the compiled region: one graph, no eager launches per call.
     sizes = tuple(p.fft_size for p in plans)
@@ -329,7 +300,7 @@ def _fft_conv_compiled(x, kernel, skip, modes, chunk_size=None, fast_sizes=True)
         xs = x.narrow(1, start, width)
         ks = kernel.narrow(kernel.ndim - nd - 1, start, width)
         ss = None if skip is None else skip.narrow(0, start, width)
-        fn = _compiled("conv", _conv_core_k, (*_signature(xs, ks, ss), plans, x.dtype))
+        fn = compiled_for("conv", _conv_core_k, (*tensor_signature(xs, ks, ss), plans, x.dtype))
         outs.append(fn(xs, ks, ss, plans, x.dtype))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
@@ -342,24 +313,11 @@ def _gated_compiled(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_si
         qs, ks_, vs = (t.narrow(-1, start, width) for t in (q, k, v))
         kern = kernel.narrow(kernel.ndim - nd - 1, start, width)
         ss = skip.narrow(0, start, width)
-        key = (*_signature(qs, ks_, vs, kern, ss), plans, value_gate)
+        key = (*tensor_signature(qs, ks_, vs, kern, ss), plans, value_gate)
         outs.append(
-            _compiled("gated", _gated_core_k, key)(qs, ks_, vs, kern, ss, plans, value_gate)
+            compiled_for("gated", _gated_core_k, key)(qs, ks_, vs, kern, ss, plans, value_gate)
         )
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-
-
-def _compiled_check(facts: Mapping[str, Any]) -> str | None:
-    if facts["dtype"] not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"dtype {facts['dtype']} (the compiled path is for float16/bfloat16/float32)"
-    if torch.compiler.is_compiling():
-        # Inside an outer compile the backend traces its plain math into the caller's graph
-        # (and probing imports there would break the graph).
-        return None
-    reason = module_available("triton")
-    if reason is not None:
-        return reason
-    return None
 
 
 def fft_conv_direct(x: Tensor, kernel: Tensor, skip: Tensor | None, modes: Sequence[str]) -> Tensor:
@@ -398,7 +356,7 @@ def fft_conv_direct(x: Tensor, kernel: Tensor, skip: Tensor | None, modes: Seque
 fft_conv_op = Op(
     "fft_conv",
     [
-        Backend("compiled", _fft_conv_compiled, devices=("cuda",), check=_compiled_check),
+        Backend("compiled", _fft_conv_compiled, devices=("cuda",), check=compiled_check),
         Backend("reference", fft_conv_reference),
     ],
     example_facts={"dtype": torch.bfloat16, "modes": ("causal",)},
@@ -407,7 +365,7 @@ fft_conv_op = Op(
 gated_fft_conv_op = Op(
     "gated_fft_conv",
     [
-        Backend("compiled", _gated_compiled, devices=("cuda",), check=_compiled_check),
+        Backend("compiled", _gated_compiled, devices=("cuda",), check=compiled_check),
         Backend("reference", gated_fft_conv_reference),
     ],
     example_facts={"dtype": torch.bfloat16, "modes": ("causal",)},
