@@ -227,5 +227,5 @@ def test_backend_choice_is_explained_and_forced():
 
     assert "reference" in ops.explain("linear_attention", device="cpu", dtype=torch.float32)
     q = torch.randn(1, 1, 3, 2)
-    with pytest.raises(ops.BackendUnavailableError, match="compiled.*targets cuda"):
+    with pytest.raises(ops.BackendUnavailableError, match=r"compiled.*targets cuda"):
         linear_attention(q, q, q, causal=True, backend="compiled")
