@@ -185,3 +185,15 @@ def test_film_conditioning_per_sample_kernels_and_decoding():
         out, state = hyena_step(p, q[:, t], k[:, t], v[:, t], state, cfg=cfg)
         outs.append(out)
     assert_close_rel(y, torch.stack(outs, 1), 1e-12)
+
+
+def test_film_runs_in_float64_with_float64_params():
+    """The FiLM projection stays in the params' float64 (it once ran in float32): gradcheck."""
+    cfg = HyenaConfig(hidden_dim=4, max_size=8, cond_dim=3)
+    p = init_hyena(cfg, generator=_g(0), dtype=DT)
+    p.film.weight = torch.randn(p.film.weight.shape, generator=_g(1), dtype=DT)
+    q, k, v = _qkv((2, 8, 4), seed=2)
+    cond = torch.randn(2, 3, generator=_g(3), dtype=DT, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: hyena(p, q, k, v, cfg=cfg, conditioning=c), (cond,))
+    with pytest.raises(ValueError, match=r"cond_dim\] = \[B, 3\], got shape \(2, 2\)"):
+        hyena(p, q, k, v, cfg=cfg, conditioning=torch.ones(2, 2, dtype=DT))

@@ -35,7 +35,9 @@ from subq.functional.implicit import (
     KernelNetParams,
     LinearParams,
     check_kernel_config,
+    film_from_conditioning,
     implicit_kernel,
+    init_film,
     init_kernel_net,
 )
 from subq.ops.fftconv import fft_conv_plan
@@ -140,19 +142,12 @@ def init_ckconv(
     dtype: torch.dtype | None = None,
 ) -> CKConvParams:
     """Kernel network (its init), ``D ~ N(0, 1)``, FiLM projection zero (starts unmodulated)."""
-    film = None
-    if cfg.cond_dim is not None:
-        h = cfg.kernel.hidden
-        film = LinearParams(
-            weight=torch.zeros(2 * h, cfg.cond_dim, device=device, dtype=dtype),
-            bias=torch.zeros(2 * h, device=device, dtype=dtype),
-        )
     return CKConvParams(
         kernel=init_kernel_net(cfg.kernel, generator=generator, device=device, dtype=dtype),
         skip=torch.randn(cfg.hidden_dim, generator=generator, dtype=dtype or torch.float32).to(
             device
         ),
-        film=film,
+        film=init_film(cfg.kernel, cfg.cond_dim, device=device, dtype=dtype),
     )
 
 
@@ -187,12 +182,7 @@ def ckconv(
             f"ckconv: x must be [B, *spatial, C] with {nd} spatial axes (cfg.ndim) and "
             f"C = hidden_dim = {cfg.hidden_dim}, got shape {tuple(x.shape)}"
         )
-    film = None
-    if cfg.cond_dim is not None and conditioning is not None:
-        gb = torch.nn.functional.linear(
-            conditioning.float(), params.film.weight.float(), params.film.bias.float()
-        )
-        film = tuple(gb.chunk(2, dim=-1))
+    film = film_from_conditioning(params.film if cfg.cond_dim is not None else None, conditioning)
     spatial = tuple(x.shape[1:-1])
     kernel = implicit_kernel(
         params.kernel, spatial, cfg.mode, cfg=cfg.kernel, buffers=buffers, film=film

@@ -48,7 +48,9 @@ from subq.functional.implicit import (
     KernelNetParams,
     LinearParams,
     check_kernel_config,
+    film_from_conditioning,
     implicit_kernel,
+    init_film,
     init_kernel_net,
 )
 from subq.functional.norm import (
@@ -220,28 +222,12 @@ def init_hyena(
         qk_norm=_init_norm("rms", c, device, dtype) if cfg.qk_norm == "rms" else None,
         norm=_init_norm(cfg.norm, c, device, dtype),
         out_norm=_init_norm(cfg.out_norm, c, device, dtype),
-        film=_init_film(cfg, device, dtype),
-    )
-
-
-def _init_film(cfg: HyenaConfig, device, dtype) -> LinearParams | None:
-    # Zero init: a conditioned Hyena starts as the unconditioned one.
-    if cfg.cond_dim is None:
-        return None
-    h = cfg.filter.hidden
-    return LinearParams(
-        weight=torch.zeros(2 * h, cfg.cond_dim, device=device, dtype=dtype),
-        bias=torch.zeros(2 * h, device=device, dtype=dtype),
+        film=init_film(cfg.filter, cfg.cond_dim, device=device, dtype=dtype),
     )
 
 
 def _film(params: HyenaParams, cfg: HyenaConfig, conditioning: Tensor | None):
-    if cfg.cond_dim is None or conditioning is None:
-        return None
-    gb = torch.nn.functional.linear(
-        conditioning.float(), params.film.weight.float(), params.film.bias.float()
-    )
-    return tuple(gb.chunk(2, dim=-1))
+    return film_from_conditioning(params.film if cfg.cond_dim is not None else None, conditioning)
 
 
 def _apply_norm(kind: str, params: NormParams | None, x: Tensor) -> Tensor:

@@ -58,7 +58,9 @@ __all__ = [
     "KernelNetParams",
     "LinearParams",
     "check_kernel_config",
+    "film_from_conditioning",
     "implicit_kernel",
+    "init_film",
     "init_kernel_net",
     "init_kernel_net_buffers",
     "kernel_grid",
@@ -333,6 +335,43 @@ def kernel_mask(
         return torch.exp(-(coords.abs().unsqueeze(-1) * rate).sum(-2)) + cfg.mask_shift
     ratio = coords.unsqueeze(-1) / rate
     return torch.exp(-0.5 * ratio.square().sum(-2))
+
+
+def init_film(
+    cfg: KernelNetConfig,
+    cond_dim: int | None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LinearParams | None:
+    """The FiLM projection ``cond_dim → 2·hidden`` of ``cfg``'s network, or None without
+    ``cond_dim``. Zero-initialised, so a conditioned layer starts as the unconditioned one."""
+    if cond_dim is None:
+        return None
+    h = cfg.hidden
+    return LinearParams(
+        weight=torch.zeros(2 * h, cond_dim, device=device, dtype=dtype),
+        bias=torch.zeros(2 * h, device=device, dtype=dtype),
+    )
+
+
+def film_from_conditioning(
+    film: LinearParams | None, conditioning: Tensor | None
+) -> tuple[Tensor, Tensor] | None:
+    """``(γ, β)``, each ``[B, hidden]``, from ``conditioning`` ``[B, cond_dim]`` (None if either
+    is None), computed in the kernel's precision: float32, or float64 with float64 params."""
+    if film is None or conditioning is None:
+        return None
+    if conditioning.ndim != 2 or conditioning.shape[-1] != film.weight.shape[1]:
+        raise ValueError(
+            f"conditioning must be [B, cond_dim] = [B, {film.weight.shape[1]}], got shape "
+            f"{tuple(conditioning.shape)}"
+        )
+    dt = torch.float64 if film.weight.dtype == torch.float64 else torch.float32
+    # Autocast off: the FiLM feeds the float32 kernel network (see implicit_kernel).
+    with torch.autocast(conditioning.device.type, enabled=False):
+        gb = F.linear(conditioning.to(dt), film.weight.to(dt), film.bias.to(dt))
+    return tuple(gb.chunk(2, dim=-1))
 
 
 def _film(h: Tensor, film: tuple[Tensor, Tensor] | None, nk: int) -> Tensor:
