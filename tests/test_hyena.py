@@ -111,10 +111,12 @@ def test_nd_shapes_modes_and_bfloat16(ndim):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_auto = shell(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert y_auto.dtype == torch.bfloat16
-    assert compute_relative_error(y, y_auto) < 3e-2
+    # A handful of bfloat16 roundings (inputs, short conv, gates, output; 2^-9 each), FFTs in
+    # float32: measured ≤ 6.3e-3 over 15 seeds (documented in docs/hyena.md).
+    assert compute_relative_error(y, y_auto) < 1e-2
     y_half = shell.to(torch.bfloat16)(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert y_half.dtype == torch.bfloat16
-    assert compute_relative_error(y, y_half) < 5e-2
+    assert compute_relative_error(y, y_half) < 1e-2
 
 
 def test_shell_parity_vmap_grad_and_compile():

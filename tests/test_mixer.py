@@ -16,7 +16,9 @@ from subq.nn.mixer import QKVSequenceMixer
 from subq.testing import (
     assert_causal,
     assert_close_rel,
+    assert_init_stats,
     assert_shell_matches_functional,
+    compute_relative_error,
 )
 
 DT = torch.float64
@@ -61,18 +63,33 @@ def test_mixer_cfg_forms_and_init_methods():
     for mixer_cfg in (spec, functools.partial(Hyena, max_size=8), Hyena(hidden_dim=4, max_size=8)):
         block = QKVSequenceMixer(4, mixer_cfg)
         assert block(torch.randn(1, 8, 4)).shape == (1, 8, 4)
-    block = QKVSequenceMixer(
-        64,
-        LazyConfig(Hyena)(max_size=8),
-        qkv_bias=True,
-        init_method_in=init.small_init,
-        init_method_out=init.partial_wang_init_fn_with_num_layers(4),
-    )
+
+    def build():
+        return QKVSequenceMixer(
+            64,
+            LazyConfig(Hyena)(max_size=8),
+            qkv_bias=True,
+            init_method_in=init.small_init,
+            init_method_out=init.partial_wang_init_fn_with_num_layers(4),
+            generator=_g(0),
+        )
+
+    block = build()
     assert torch.all(block.qkv_proj.bias == 0)
-    std_in = (2 / (5 * 64)) ** 0.5
-    assert abs(block.qkv_proj.weight.std().item() / std_in - 1) < 0.1
-    std_out = 2 / (4 * 64**0.5)
-    assert abs(block.out_proj.weight.std().item() / std_out - 1) < 0.1
+    assert_init_stats(block.qkv_proj.weight, std=(2 / (5 * 64)) ** 0.5)
+    assert_init_stats(block.out_proj.weight, std=2 / (4 * 64**0.5))
+    # The generator reaches subq.init's initialisers: the same seed, the same weights.
+    again = build()
+    assert torch.equal(again.qkv_proj.weight, block.qkv_proj.weight)
+    assert torch.equal(again.out_proj.weight, block.out_proj.weight)
+    # A reference-style initialiser fn(tensor) without a generator keyword still works.
+    ones = QKVSequenceMixer(
+        4,
+        LazyConfig(Hyena)(max_size=8),
+        init_method_out=lambda d: torch.nn.init.ones_,
+        generator=_g(0),
+    )
+    assert torch.all(ones.out_proj.weight == 1)
     with pytest.raises(TypeError, match="mixer_cfg must be"):
         QKVSequenceMixer(4, 3)
     with pytest.raises(ValueError, match="hidden_dim=4"):
@@ -91,7 +108,8 @@ def test_attention_inner_mixer():
     block = QKVSequenceMixer(8, LazyConfig(AttentionMixer)(num_heads=2, causal=True), dtype=DT)
     x = torch.randn(2, 7, 8, generator=_g(0), dtype=DT)
     assert_causal(block, x, atol=1e-12)
-    assert block.flop_count((7,)) > 8 * 7 * 64
+    inner = block.mixer.flop_count((7,))
+    assert inner > 0 and block.flop_count((7,)) == 8 * 7 * 64 + inner
 
 
 def test_bfloat16_autocast_and_cast_module():
@@ -101,7 +119,8 @@ def test_bfloat16_autocast_and_cast_module():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_auto = block(x)
     assert y_auto.dtype == torch.bfloat16
-    assert (y_auto.float() - y).norm() / y.norm() < 3e-2
+    # As for Hyena alone (tests/test_hyena.py): measured ≤ 6.3e-3 over 15 seeds.
+    assert compute_relative_error(y, y_auto) < 1e-2
     y_half = block.to(torch.bfloat16)(x.bfloat16())
     assert y_half.dtype == torch.bfloat16
-    assert (y_half.float() - y).norm() / y.norm() < 5e-2
+    assert compute_relative_error(y, y_half) < 1e-2

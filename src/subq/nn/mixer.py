@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,13 @@ def _build_mixer(mixer_cfg: Any, hidden_dim: int, extra: dict[str, Any]) -> nn.M
     return module
 
 
+def _takes_generator(fn: Callable[..., Any]) -> bool:
+    try:
+        return "generator" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and other callables without a signature
+        return False
+
+
 class QKVSequenceMixer(Shell):
     """Operator-agnostic sequence mixer with shared QKV and output projections.
 
@@ -58,8 +66,10 @@ class QKVSequenceMixer(Shell):
         init_method_in: ``fn(hidden_dim) -> fn(weight)``, an in-place initialiser of the QKV
             weight (e.g. ``subq.init.small_init``); biases are then zeroed.
         init_method_out: the same for the output projection.
-        generator: seeds the default (``nn.Linear``) init of the projections; with ``device``
-            and ``dtype`` it is also passed to the inner mixer's constructor when not None.
+        generator: seeds the default (``nn.Linear``) init of the projections, and the
+            ``init_method_*`` initialisers that take a ``generator`` keyword (those of
+            ``subq.init`` do); with ``device`` and ``dtype`` it is also passed to the inner
+            mixer's constructor when not None.
 
     Example:
         >>> from subq.lazy_config import LazyConfig
@@ -101,7 +111,11 @@ class QKVSequenceMixer(Shell):
             for proj, method in ((self.qkv_proj, init_method_in), (self.out_proj, init_method_out)):
                 if method is None:
                     continue
-                method(hidden_dim)(proj.weight.data)
+                fill = method(hidden_dim)
+                if generator is not None and _takes_generator(fill):
+                    fill(proj.weight.data, generator=generator)
+                else:
+                    fill(proj.weight.data)
                 if getattr(proj, "bias", None) is not None:
                     proj.bias.zero_()
 
