@@ -83,6 +83,21 @@ def test_siren_init_statistics():
     assert_init_stats(hidden, std=b1 / math.sqrt(3), bound=b1)
 
 
+def test_hyena_filter_init_statistics():
+    cfg = KernelNetConfig(channels=64, hidden=256, num_layers=3, construction_size=8)
+    p = init_kernel_net(cfg, generator=_g(0))
+    # nn.Linear's default: U(±1/√fan_in) for weights and biases; the output layer has no bias.
+    for layer, fan_in in zip(p.layers, (cfg.in_features, 256, 256)):
+        b = 1 / math.sqrt(fan_in)
+        assert_init_stats(layer.weight, std=b / math.sqrt(3), bound=b)
+    assert p.layers[1].bias is not None and p.layers[-1].bias is None
+    assert torch.equal(p.sin_freq, torch.full((2, 256), cfg.omega_0))
+    # Exponential mask rates spread linearly over the channels: m(p = 1) = exp(-rate).
+    m = kernel_mask(p, torch.ones(1, 1), cfg=cfg)[0]
+    rates = torch.linspace(*cfg.mask_init, 64)
+    assert_close_rel(torch.exp(-rates), m, 1e-5)
+
+
 def test_rff_frequencies_are_frozen_buffers():
     cfg = KernelNetConfig(channels=3, kind="rff", rff_features=8, construction_size=6)
     buffers = init_kernel_net_buffers(cfg, generator=_g(0))
@@ -94,20 +109,22 @@ def test_rff_frequencies_are_frozen_buffers():
         std=cfg.rff_sigma,
     )
     p = init_kernel_net(cfg, generator=_g(1))
-    grads = torch.func.grad(
-        lambda pp: implicit_kernel(pp, (6,), ("causal",), cfg=cfg, buffers=buffers).sum()
-    )(p)
-    assert all(g is not None for g in torch.utils._pytree.tree_leaves(grads))
+    # The frequencies are a real input of the kernel (not dead), yet outside the params.
+    k = implicit_kernel(p, (6,), ("causal",), cfg=cfg, buffers=buffers)
+    moved = type(buffers)(rff_freqs=buffers.rff_freqs * 1.5)
+    assert (k - implicit_kernel(p, (6,), ("causal",), cfg=cfg, buffers=moved)).abs().max() > 1e-3
     shell = CKConvND(
         hidden_dim=3, max_size=6, kernel=cfg, generator=_g(2)
     )  # buffers live outside the params
     names = dict(shell.named_parameters())
     assert not any("rff" in n for n in names)
     assert "rff_freqs" in dict(shell.named_buffers())
+    assert not shell.rff_freqs.requires_grad
     before = shell.rff_freqs.clone()
     opt = torch.optim.AdamW(shell.parameters(), lr=0.1, weight_decay=0.5)
-    shell(torch.randn(2, 6, 3)).square().sum().backward()
+    shell(torch.randn(2, 6, 3, generator=_g(3))).square().sum().backward()
     opt.step()
+    assert shell.rff_freqs.grad is None
     assert torch.equal(before, shell.rff_freqs)
     with pytest.raises(ValueError, match="needs buffers with rff_freqs"):
         implicit_kernel(p, (6,), ("causal",), cfg=cfg)
@@ -154,8 +171,12 @@ def test_hyena_filter_features_and_config_errors():
         KernelNetConfig(channels=4)
     with pytest.raises(ValueError, match="mask_init"):
         KernelNetConfig(channels=4, construction_size=8, mask_init=(0.0, 50.0))
-    with pytest.raises(ValueError, match="expected 2 sizes"):
+    with pytest.raises(ValueError, match="expected 2 positive sizes"):
         KernelNetConfig(channels=4, ndim=2, construction_size=(3, 4, 5))
+    with pytest.raises(ValueError, match=r"expected 2 positive sizes \(ndim\), got \(4, 0\)"):
+        KernelNetConfig(channels=4, ndim=2, construction_size=(4, 0))
+    with pytest.raises(ValueError, match=r"mask_bounds: expected \(lo, hi\) with lo < hi"):
+        KernelNetConfig(channels=4, construction_size=8, mask_bounds=(0.0, 1.0, 2.0))
     with pytest.raises(ValueError, match="kind"):
         KernelNetConfig(channels=4, kind="mlp", construction_size=8)
     p = init_kernel_net(cfg)

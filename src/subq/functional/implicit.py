@@ -144,11 +144,11 @@ class KernelNetConfig:
         name = "KernelNetConfig"
         if self.num_layers < 2:
             raise ValueError(f"{name}.num_layers: expected ≥ 2, got {self.num_layers}")
-        lo, hi = self.mask_bounds
-        if len(self.mask_bounds) != 2 or not lo < hi:
+        if len(self.mask_bounds) != 2 or not self.mask_bounds[0] < self.mask_bounds[1]:
             raise ValueError(
                 f"{name}.mask_bounds: expected (lo, hi) with lo < hi, got {self.mask_bounds}"
             )
+        lo, hi = self.mask_bounds
         if len(self.mask_init) != 2 or not all(lo < m < hi for m in self.mask_init):
             raise ValueError(
                 f"{name}.mask_init: expected two values strictly inside mask_bounds "
@@ -163,9 +163,9 @@ class KernelNetConfig:
                 )
             if len(self.construction_size) == 1 and self.ndim > 1:
                 object.__setattr__(self, "construction_size", self.construction_size * self.ndim)
-            if len(self.construction_size) != self.ndim:
+            if len(self.construction_size) != self.ndim or min(self.construction_size) < 1:
                 raise ValueError(
-                    f"{name}.construction_size: expected {self.ndim} sizes (ndim), got "
+                    f"{name}.construction_size: expected {self.ndim} positive sizes (ndim), got "
                     f"{self.construction_size}"
                 )
         if self.omega_0 <= 0 or self.hidden_omega_0 <= 0 or self.rff_sigma <= 0:
