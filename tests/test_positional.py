@@ -10,9 +10,10 @@ import torch
 from subq._pytree import params_to_flat
 from subq.functional import positional as P
 from subq.functional import rope as R
+from subq.init import TRUNC_STD_RATIO
 from subq.nn.positional import ALiBi, LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
 from subq.nn.rope import RotaryEmbedding
-from subq.testing import assert_compiles, assert_shell_matches_functional
+from subq.testing import assert_compiles, assert_init_stats, assert_shell_matches_functional
 from subq.testing.strategies import randn
 
 F64 = torch.float64
@@ -45,6 +46,12 @@ def test_sinusoidal_shell_adds_in_float32_and_keeps_dtype():
     assert y.dtype == torch.bfloat16
     expected = (x.float() + P.sinusoidal_positions(4, 8, offset=2)).to(torch.bfloat16)
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    # float64 stays float64 (no detour through float32).
+    x64 = randn(2, 4, 8, seed=1)
+    y64 = SinusoidalPositionalEmbedding(8)(x64, offset=2)
+    assert y64.dtype == F64
+    torch.testing.assert_close(y64, x64 + P.sinusoidal_positions(4, 8, offset=2, dtype=F64))
+    assert (y64 - x64 - P.sinusoidal_positions(4, 8, offset=2, dtype=F64)).abs().max() < 1e-14
 
 
 # ------------------------------------------------------------------------------------------
@@ -72,9 +79,8 @@ def test_learned_init_is_deterministic_truncated_normal():
     a = P.init_learned_positional(cfg, generator=torch.Generator().manual_seed(1)).weight
     b = P.init_learned_positional(cfg, generator=torch.Generator().manual_seed(1)).weight
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert a.abs().max() <= 0.04
-    # A normal truncated at ±2σ has std ≈ 0.88σ.
-    assert 0.85 * 0.02 < a.std() < 0.91 * 0.02
+    # A normal truncated at ±2σ has std TRUNC_STD_RATIO·σ ≈ 0.88σ.
+    assert_init_stats(a, std=0.02 * TRUNC_STD_RATIO, bound=0.04)
 
 
 def test_learned_shell_matches_functional_and_compiles():
@@ -91,9 +97,41 @@ def test_learned_shell_matches_functional_and_compiles():
         LearnedPositionalEmbedding(max_len=0, dim=4)
 
 
+def test_learned_shell_adds_a_float32_table_to_bfloat16_input_with_one_rounding():
+    shell = LearnedPositionalEmbedding(max_len=8, dim=16, init_std=1.0)
+    x = randn(2, 5, 16, seed=3).to(torch.bfloat16)
+    y = shell(x, offset=2)
+    assert y.dtype == torch.bfloat16
+    expected = (x.float() + shell.weight.detach()[2:7]).to(torch.bfloat16)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"positions 4\.\.8 run past the table of max_len=8"):
+        shell(x, offset=4)
+
+
 # ------------------------------------------------------------------------------------------
 # ALiBi
 # ------------------------------------------------------------------------------------------
+
+
+def _paper_slopes(n: int) -> list[float]:
+    """The ALiBi paper's reference code (Press et al. 2022), as published."""
+
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + _paper_slopes(2 * closest)[0::2][: n - closest]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 8, 12, 16, 24, 40, 64])
+def test_alibi_slopes_equal_the_papers_code(n):
+    # The paper forms start·ratio^i; 2^(−8(h+1)/n) differs from it by rounding only.
+    torch.testing.assert_close(
+        P.alibi_slopes(n, dtype=F64), torch.tensor(_paper_slopes(n), dtype=F64), rtol=1e-14, atol=0
+    )
 
 
 def test_alibi_slopes_power_of_two_and_other_counts():
@@ -129,6 +167,19 @@ def test_alibi_bias_uses_global_positions_for_decoding():
     sym = P.alibi_bias(slopes, torch.arange(3), torch.arange(3), symmetric=True)
     torch.testing.assert_close(sym, sym.transpose(-1, -2))
     assert (sym <= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_alibi_bias_in_reduced_precision_uses_exact_distances(dtype):
+    # Positions past 256 (bfloat16) or 2048 (float16) are not integers in those dtypes: the
+    # distances are formed in float32, and only the final bias is rounded.
+    slopes = P.alibi_slopes(4, dtype=F64)
+    q_pos, k_pos = torch.tensor([4097, 4099]), torch.arange(4090, 4100)
+    exact = P.alibi_bias(slopes, q_pos, k_pos)
+    got = P.alibi_bias(slopes.to(dtype), q_pos, k_pos)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, exact.to(dtype), rtol=0, atol=0)
+    assert (got[:, 0, 6] < 0).all()  # k = 4096 is one step before q = 4097, not the same place
 
 
 def test_alibi_shell_and_bad_input():

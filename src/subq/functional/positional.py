@@ -240,7 +240,9 @@ def alibi_bias(
             (equal on the causal part ``k ≤ q``).
 
     Returns:
-        ``[heads, Tq, Tk]`` or ``[B, heads, Tq, Tk]`` float bias, in ``slopes``' dtype.
+        ``[heads, Tq, Tk]`` or ``[B, heads, Tq, Tk]`` float bias, in ``slopes``' dtype. The
+        distances and products are computed in float32 (float64 stays float64): positions past
+        256 are not integers in bfloat16, so ``k − q`` formed there would be wrong.
 
     Example:
         >>> alibi_bias(torch.tensor([0.5]), torch.tensor([2]), torch.tensor([0, 1, 2]))
@@ -251,7 +253,8 @@ def alibi_bias(
             f"alibi_bias: q_pos and k_pos must be [T] or [B, T], got shapes "
             f"{tuple(q_pos.shape)} and {tuple(k_pos.shape)}"
         )
-    rel = k_pos.to(slopes.dtype)[..., None, :] - q_pos.to(slopes.dtype)[..., :, None]
+    ct = torch.promote_types(slopes.dtype, torch.float32)
+    rel = k_pos.to(ct)[..., None, :] - q_pos.to(ct)[..., :, None]
     if symmetric:
         rel = -rel.abs()
-    return slopes[:, None, None] * rel.unsqueeze(-3)
+    return (slopes.to(ct)[:, None, None] * rel.unsqueeze(-3)).to(slopes.dtype)

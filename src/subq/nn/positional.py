@@ -25,10 +25,12 @@ class SinusoidalPositionalEmbedding(nn.Module):
         self.dim, self.base = dim, float(base)
 
     def forward(self, x: Tensor, *, offset: int = 0) -> Tensor:
+        # The sum in float32 (float64 stays float64), rounded once to x's dtype.
+        ct = torch.promote_types(x.dtype, torch.float32)
         pe = F.sinusoidal_positions(
-            x.shape[-2], self.dim, offset=offset, base=self.base, device=x.device
+            x.shape[-2], self.dim, offset=offset, base=self.base, device=x.device, dtype=ct
         )
-        return (x.float() + pe).to(x.dtype)
+        return (x.to(ct) + pe).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, base={self.base}"
@@ -56,7 +58,11 @@ class LearnedPositionalEmbedding(Shell):
         )
 
     def forward(self, x: Tensor, *, offset: int = 0) -> Tensor:
-        return x + F.learned_positional(self.params(), x.shape[-2], offset=offset).to(x.dtype)
+        # The sum in at least float32, rounded once to x's dtype (a float32 table is not
+        # rounded to bfloat16 before the add).
+        pe = F.learned_positional(self.params(), x.shape[-2], offset=offset)
+        ct = torch.promote_types(torch.promote_types(x.dtype, pe.dtype), torch.float32)
+        return (x.to(ct) + pe.to(ct)).to(x.dtype)
 
 
 class ALiBi(nn.Module):
