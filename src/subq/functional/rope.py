@@ -502,8 +502,13 @@ def _apply_axes_blh(
     axis_caches: Sequence[AxisCache],
     pairing: str,
     compat: str | None,
+    layout: str = "blh",
 ) -> Tensor:
-    """Channels-last ``x [B, *spatial, C]``: block ``a`` of ``C/n`` channels rotates along axis a."""
+    """Channels-last ``x [B, *spatial, C]``: block ``a`` of ``C/n`` channels rotates along axis a.
+
+    ``layout`` is the caller's layout, for error messages only (a ``bhl`` caller has already
+    moved its channels last and transposed its caches).
+    """
     engine = _check_compat(fn, compat, pairing)
     n_axes = len(axis_caches)
     if x.ndim != n_axes + 2:
@@ -517,12 +522,26 @@ def _apply_axes_blh(
             f"{fn}: channel dim C must be a multiple of {2 * n_axes} for {n_axes}D RoPE, got {c}"
         )
     d = c // n_axes
+    first_spatial = 2 if layout == "bhl" else 1
     blocks = []
     for axis, (cos, sin) in enumerate(axis_caches):
+        # The shape as the caller passed it (a bhl cache arrives here transposed).
+        shown = (
+            tuple(reversed(cos.shape)) if layout == "bhl" and cos.ndim == 2 else tuple(cos.shape)
+        )
         if cos.ndim != 2 or cos.shape[-1] != d:
+            expected = f"[N, {d}]" if layout == "blh" else f"[{d}, N]"
             raise ValueError(
-                f"{fn}: the cache of spatial axis {axis} must be [N, {d}] (C/{n_axes} channels), "
-                f"got {tuple(cos.shape)}"
+                f"{fn}: the cache of spatial axis {axis} must be {expected} "
+                f"(C/{n_axes} channels), got {shown}"
+            )
+        n, size = cos.shape[0], x.shape[1 + axis]
+        if n != size:
+            what = "smaller" if n < size else "larger"
+            raise ValueError(
+                f"{fn}: the cache of spatial axis {axis} covers {n} positions but x has {size} "
+                f"along it (x axis {first_spatial + axis}; the cache is {what} than the input); "
+                f"build the cache for exactly {size} positions (offset= for a decode step)"
             )
         engine_cache = _per_pair(fn, cos, sin, pairing, compat)
         # Place the cache's position axis on spatial axis `axis`, broadcasting over the others.
@@ -542,8 +561,8 @@ def _apply_axes_bhl(
             f"{fn}: x must be [B, C, {n_axes} spatial axes] ({n_axes + 2} axes), "
             f"got shape {tuple(x.shape)}"
         )
-    blh = [(cos.transpose(0, 1), sin.transpose(0, 1)) for cos, sin in axis_caches]
-    return _apply_axes_blh(fn, x.movedim(1, -1), blh, pairing, compat).movedim(-1, 1)
+    blh = [(c.mT, s.mT) if c.ndim == 2 else (c, s) for c, s in axis_caches]
+    return _apply_axes_blh(fn, x.movedim(1, -1), blh, pairing, compat, "bhl").movedim(-1, 1)
 
 
 def _transpose_all(caches: tuple[AxisCache, ...]) -> tuple[AxisCache, ...]:
