@@ -16,6 +16,7 @@ from subq.nn.mixer import QKVSequenceMixer
 from subq.testing import (
     assert_causal,
     assert_close_rel,
+    assert_compiles,
     assert_init_stats,
     assert_shell_matches_functional,
     compute_relative_error,
@@ -124,3 +125,12 @@ def test_bfloat16_autocast_and_cast_module():
     y_half = block.to(torch.bfloat16)(x.bfloat16())
     assert y_half.dtype == torch.bfloat16
     assert compute_relative_error(y, y_half) < 1e-2
+
+
+def test_compiles_without_graph_breaks_pure_and_shell():
+    cfg = HyenaConfig(hidden_dim=4, max_size=8)
+    p = init_qkv_projections(4, init_hyena(cfg, generator=_g(0)), qkv_bias=True, generator=_g(1))
+    x = torch.randn(2, 8, 4, generator=_g(2))
+    mixer = functools.partial(hyena, cfg=cfg)
+    assert_compiles(lambda pp, t: qkv_sequence_mixer(pp, t, mixer=mixer), p, x)
+    assert_compiles(QKVSequenceMixer(4, LazyConfig(Hyena)(max_size=8), generator=_g(3)), x)
