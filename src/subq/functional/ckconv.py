@@ -16,7 +16,6 @@ FLOPs (:func:`ckconv_flop_count`): the conventions of :func:`subq.functional.hye
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -28,7 +27,7 @@ from torch import Tensor
 from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Float, shapecheck
-from subq.functional.fftconv import fft_conv, normalize_modes
+from subq.functional.fftconv import fft_conv, fft_conv_flops, normalize_modes
 from subq.functional.implicit import (
     KernelNetBuffers,
     KernelNetConfig,
@@ -39,8 +38,9 @@ from subq.functional.implicit import (
     implicit_kernel,
     init_film,
     init_kernel_net,
+    kernel_net_flops,
+    kernel_taps,
 )
-from subq.ops.fftconv import fft_conv_plan
 
 __all__ = [
     "CKConvConfig",
@@ -151,10 +151,6 @@ def init_ckconv(
     )
 
 
-def _kernel_sizes_taps(spatial: Sequence[int], modes: Sequence[str]) -> list[int]:
-    return [2 * n - 1 if m == "zero" else n for n, m in zip(spatial, modes)]
-
-
 @shapecheck
 def ckconv(
     params: CKConvParams,
@@ -222,12 +218,6 @@ def ckconv_flop_count(cfg: CKConvConfig, spatial_dims: Sequence[int]) -> int:
             f"ckconv_flop_count: expected {cfg.ndim} spatial dims (cfg.ndim), got {spatial}"
         )
     c = cfg.hidden_dim
-    ksizes = _kernel_sizes_taps(spatial, cfg.mode)
-    plans = fft_conv_plan(spatial, ksizes, cfg.mode)
-    n_fft = math.prod(p.fft_size for p in plans)
-    n_freq = n_fft // plans[-1].fft_size * (plans[-1].fft_size // 2 + 1)
-    fft = 2.5 * n_fft * math.log2(max(n_fft, 2))
-    f = cfg.kernel
-    dims = [f.in_features] + [f.hidden] * (f.num_layers - 1) + [f.channels]
-    net = math.prod(ksizes) * sum(2 * a * b + 2 * b for a, b in itertools.pairwise(dims))
-    return int(c * (3 * fft + 6 * n_freq) + net + 2 * c * math.prod(spatial))
+    taps = kernel_taps(spatial, cfg.mode)
+    conv = fft_conv_flops(c, spatial, taps, cfg.mode)
+    return int(conv + kernel_net_flops(cfg.kernel, taps) + 2 * c * math.prod(spatial))

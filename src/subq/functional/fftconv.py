@@ -5,14 +5,15 @@ See :mod:`subq.ops.fftconv` for the exact semantics of each mode and the choice 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor
 
 from subq._typing import Float, shapecheck
-from subq.ops.fftconv import MODES, fft_conv_op, next_fast_len
+from subq.ops.fftconv import MODES, fft_conv_op, fft_conv_plan, next_fast_len
 
-__all__ = ["fft_conv", "next_fast_len", "normalize_modes"]
+__all__ = ["fft_conv", "fft_conv_flops", "next_fast_len", "normalize_modes"]
 
 
 def normalize_modes(mode: str | Sequence[str], ndim: int, *, where: str = "fft_conv") -> tuple:
@@ -106,3 +107,18 @@ def fft_conv(
     facts = {"device": x.device, "dtype": x.dtype, "modes": modes, "shape": tuple(x.shape)}
     y = fft_conv_op.select(facts, backend)(x, kernel, skip, modes, chunk_size)
     return y.movedim(1, -1) if channels_last else y
+
+
+def fft_conv_flops(
+    channels: int, spatial: Sequence[int], kernel_sizes: Sequence[int], modes: Sequence[str]
+) -> float:
+    """FLOPs of one sample's FFT convolution without the skip: the kernel's and the input's
+    real FFTs, the complex product (6 per frequency) and the inverse FFT, on every channel.
+
+    A real FFT of size ``n`` counts ``2.5 n log₂ n``, at the sizes :func:`fft_conv` uses.
+    """
+    plans = fft_conv_plan(spatial, kernel_sizes, modes)
+    n_fft = math.prod(p.fft_size for p in plans)
+    n_freq = n_fft // plans[-1].fft_size * (plans[-1].fft_size // 2 + 1)
+    rfft = 2.5 * n_fft * math.log2(max(n_fft, 2))
+    return channels * (3 * rfft + 6 * n_freq)

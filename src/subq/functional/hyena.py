@@ -20,7 +20,6 @@ FFT of size ``n`` costs ``2.5 n log₂ n``; counted per sample (batch 1), the ke
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -41,7 +40,7 @@ from subq.functional.conv import (
     short_conv,
     short_conv_decode,
 )
-from subq.functional.fftconv import fft_conv, normalize_modes
+from subq.functional.fftconv import fft_conv, fft_conv_flops, normalize_modes
 from subq.functional.implicit import (
     KernelNetBuffers,
     KernelNetConfig,
@@ -52,6 +51,8 @@ from subq.functional.implicit import (
     implicit_kernel,
     init_film,
     init_kernel_net,
+    kernel_net_flops,
+    kernel_taps,
 )
 from subq.functional.norm import (
     LayerNormConfig,
@@ -64,7 +65,7 @@ from subq.functional.norm import (
     layer_norm,
     rms_norm,
 )
-from subq.ops.fftconv import fft_conv_plan, gated_fft_conv_op
+from subq.ops.fftconv import gated_fft_conv_op
 
 __all__ = [
     "HyenaConfig",
@@ -436,10 +437,6 @@ def hyena_step(
     )
 
 
-def _rfft_flops(n: int) -> float:
-    return 2.5 * n * math.log2(max(n, 2))
-
-
 def hyena_flop_count(cfg: HyenaConfig, spatial_dims: Sequence[int], inference: bool = False) -> int:
     """FLOPs of one sample's forward (one multiply-add = 2 FLOPs; see the module docstring).
 
@@ -463,13 +460,6 @@ def hyena_flop_count(cfg: HyenaConfig, spatial_dims: Sequence[int], inference: b
         if not cfg.causal:
             raise ValueError("hyena_flop_count: inference=True needs a causal 1D Hyena")
         return int(per_token + 2 * c * tokens)
-    ksizes = [n if m != "zero" else 2 * n - 1 for n, m in zip(spatial, cfg.mode)]
-    plans = fft_conv_plan(spatial, ksizes, cfg.mode)
-    n_fft = math.prod(p.fft_size for p in plans)
-    n_freq = n_fft // plans[-1].fft_size * (plans[-1].fft_size // 2 + 1)
-    conv = c * (2 * _rfft_flops(n_fft) + 6 * n_freq)  # rfft(z), irfft, complex product
-    kernel_fft = c * _rfft_flops(n_fft)
-    f = cfg.filter
-    dims = [f.in_features] + [f.hidden] * (f.num_layers - 1) + [f.channels]
-    kernel_net = math.prod(ksizes) * sum(2 * a * b + 2 * b for a, b in itertools.pairwise(dims))
-    return int(per_token * tokens + conv + kernel_fft + kernel_net)
+    ktaps = kernel_taps(spatial, cfg.mode)
+    conv = fft_conv_flops(c, spatial, ktaps, cfg.mode)  # kernel FFT, rfft(z), product, irfft
+    return int(per_token * tokens + conv + kernel_net_flops(cfg.filter, ktaps))

@@ -66,6 +66,8 @@ __all__ = [
     "kernel_grid",
     "kernel_mask",
     "kernel_net",
+    "kernel_net_flops",
+    "kernel_taps",
 ]
 
 KINDS = ("hyena", "siren", "rff")
@@ -273,6 +275,17 @@ def init_kernel_net_buffers(
         (cfg.ndim, cfg.rff_features), generator=generator, dtype=dtype or torch.float32
     )
     return KernelNetBuffers(rff_freqs=(freqs * cfg.rff_sigma).to(device))
+
+
+def kernel_taps(sizes: Sequence[int], modes: Sequence[str]) -> tuple[int, ...]:
+    """Taps per axis of the kernel for inputs of ``sizes``: ``2N − 1`` for ``"zero"``, else ``N``."""
+    return tuple(2 * int(n) - 1 if m == "zero" else int(n) for n, m in zip(sizes, modes))
+
+
+def kernel_net_flops(cfg: KernelNetConfig, taps: Sequence[int]) -> int:
+    """FLOPs of the network's linear layers at every tap (multiply-add = 2, bias add = 1 each)."""
+    dims = [cfg.in_features] + [cfg.hidden] * (cfg.num_layers - 1) + [cfg.channels]
+    return math.prod(taps) * sum(2 * a * b + 2 * b for a, b in itertools.pairwise(dims))
 
 
 def kernel_grid(
