@@ -19,7 +19,9 @@ The core :func:`attention` takes ``query [B, heads, T, head_dim]``, ``key``/``va
 * a query row with no visible key returns zeros (never NaN, never mean(V));
 * dropout on the attention weights uses a counter-based hash of ``dropout_seed`` and the element
   index, so every backend drops the same weights and a run is reproducible;
-* GQA/MQA (``kv_heads`` dividing ``heads``) never repeats K/V in memory.
+* GQA/MQA: ``kv_heads`` divides ``heads``. ``standard``, ``memory_efficient`` and SDPA's flash and
+  math kernels use the grouped K/V as they are; SDPA's cuDNN and efficient kernels get K/V
+  repeated to ``heads`` (see :mod:`subq.ops.attention`).
 
 Backends (:class:`AttentionType`): ``standard`` (the naive formula, the oracle), ``memory_efficient``
 (blockwise online softmax in plain PyTorch, O(T·block) memory), ``flash`` (PyTorch SDPA, the
@@ -42,6 +44,7 @@ from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Bool, Float, Int, Tensor, shapecheck
 from subq.functional.norm import RMSNormConfig, RMSNormParams, init_rms_norm, l2_norm, rms_norm
+from subq.ops.linear_attention import FEATURE_MAPS
 
 __all__ = [
     "AttentionConfig",
@@ -462,7 +465,9 @@ def _build_mods(
     prefix = None
     if prefix_length is not None:
         if not causal and window is None:
-            raise _shape_error("prefix_length", "used with causal=True (prefix-LM)", "causal=False")
+            raise _shape_error(
+                "prefix_length", "used with causal=True or a window (prefix-LM)", "neither"
+            )
         if isinstance(prefix_length, Tensor):
             prefix = prefix_length.reshape(-1).long()
             if prefix.shape[0] not in (1, b):
@@ -588,7 +593,7 @@ def attention(
         segment_ids: ``[B, T]`` document ids of a packed batch; attention stays in a document.
         kv_segment_ids: ``[B, S]`` ids of the keys when ``S != T`` (defaults to ``segment_ids``).
         prefix_length: prefix-LM: keys before this position are visible to every query (an int
-            or one per batch element); needs ``causal``.
+            or one per batch element); needs ``causal`` (or a ``window``).
         bias: additive logits, broadcastable to ``[B, heads, T, S]``.
         alibi_slopes: ``[heads]``: adds ``-slope · |q - k|`` over the global positions.
         query_positions: explicit integer positions ``[T]`` or ``[B, T]`` (KV caches).
@@ -614,30 +619,7 @@ def attention(
     if layout not in _LAYOUTS:
         raise _shape_error("layout", f"one of {_LAYOUTS}", repr(layout))
     if layout == "bthd":
-        out = attention(
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            value.transpose(1, 2),
-            causal=causal,
-            alignment=alignment,
-            window=window,
-            key_padding_mask=key_padding_mask,
-            mask=mask,
-            segment_ids=segment_ids,
-            kv_segment_ids=kv_segment_ids,
-            prefix_length=prefix_length,
-            bias=bias,
-            alibi_slopes=alibi_slopes,
-            query_positions=query_positions,
-            key_positions=key_positions,
-            softcap=softcap,
-            scale=scale,
-            dropout_p=dropout_p,
-            dropout_seed=dropout_seed,
-            backend=backend,
-            block_size=block_size,
-        )
-        return out.transpose(1, 2)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
     _check_qkv(query, key, value)
     kind = _normalise_backend(backend)
     if kind is AttentionType.LINEAR:
@@ -688,15 +670,17 @@ def attention(
     if kind in (AttentionType.FLASH, AttentionType.PALLAS_FLASH):
         from subq.ops.attention import sdpa_attention
 
-        return sdpa_attention(
+        out = sdpa_attention(
             query, key, value, mods, scale, dropout_p, fastest=kind is AttentionType.PALLAS_FLASH
         )
-    q5 = query.reshape(b, kvh, heads // kvh, t, d)
-    if kind is AttentionType.MEMORY_EFFICIENT:
-        out = _memory_efficient(q5, key, value, mods, scale, dropout_p, seed, block_size)
     else:
-        out = _standard(q5, key, value, mods, scale, dropout_p, seed)
-    return out.reshape(b, heads, t, value.shape[-1])
+        q5 = query.reshape(b, kvh, heads // kvh, t, d)
+        if kind is AttentionType.MEMORY_EFFICIENT:
+            out = _memory_efficient(q5, key, value, mods, scale, dropout_p, seed, block_size)
+        else:
+            out = _standard(q5, key, value, mods, scale, dropout_p, seed)
+        out = out.reshape(b, heads, t, value.shape[-1])
+    return out.transpose(1, 2) if layout == "bthd" else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -708,7 +692,15 @@ _POS_EMBS = ("none", "rope", "alibi")
 
 
 def _optional_attention_type(value: AttentionType | str | None) -> AttentionType | None:
-    return None if value is None else AttentionType(value)
+    if value is None:
+        return None
+    try:
+        return AttentionType(value)
+    except ValueError:
+        raise ValueError(
+            f"attention_type: expected one of {[a.value for a in AttentionType]} or None, "
+            f"got {value!r}"
+        ) from None
 
 
 @attrs.frozen(kw_only=True)
@@ -734,7 +726,14 @@ class _HeadsConfig:
     )
     attention_block_size: int = attrs.field(default=512, validator=check.positive_int)
     linear_attention_chunk_size: int = attrs.field(default=64, validator=check.positive_int)
-    linear_feature_map: str = attrs.field(default="elu")
+    linear_feature_map: str = attrs.field(default="elu", validator=check.one_of(FEATURE_MAPS))
+
+    @property
+    def scale_init(self) -> float:
+        """The L2 QK-norm logit scale: ``qk_scale_init``, else ``sqrt(head_dim)``."""
+        if self.qk_scale_init is not None:
+            return self.qk_scale_init
+        return math.sqrt(self.resolved_head_dim)
 
     def _check_heads(self, head_dim: int, num_kv_heads: int) -> None:
         name = type(self).__name__
@@ -775,7 +774,7 @@ class AttentionConfig(_HeadsConfig):
         qkv_bias: bias on the input projections.
         out_bias: bias on the output projection.
         causal: causal self-attention.
-        window: causal sliding window (keys ``q - w < k ≤ q``).
+        window: sliding window: keys ``q - w < k ≤ q`` with ``causal``, ``|q - k| < w`` without.
         qk_norm: ``None``, ``"l2"`` (unit-norm q and k, then a scale) or ``"rms"`` (per-head
             RMSNorm with a learned weight). Applied before RoPE.
         learnable_qk_scale: with ``"l2"``: learn one logit scale per head (else fixed).
@@ -815,12 +814,6 @@ class AttentionConfig(_HeadsConfig):
     def kv_heads(self) -> int:
         return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
 
-    @property
-    def scale_init(self) -> float:
-        if self.qk_scale_init is not None:
-            return self.qk_scale_init
-        return math.sqrt(self.resolved_head_dim)
-
 
 @attrs.frozen(kw_only=True)
 class AttentionMixerConfig(_HeadsConfig):
@@ -848,12 +841,6 @@ class AttentionMixerConfig(_HeadsConfig):
     @property
     def kv_heads(self) -> int:
         return self.num_heads
-
-    @property
-    def scale_init(self) -> float:
-        if self.qk_scale_init is not None:
-            return self.qk_scale_init
-        return math.sqrt(self.resolved_head_dim)
 
 
 @pytree_node
@@ -1062,6 +1049,10 @@ def _attend_heads(
                 "attention: attention_type='linear' does not support segment_ids or explicit "
                 "positions (a softmax attention_type does)"
             )
+        if scale is not None:
+            # The fixed L2 logit scale, applied as the learnable one is (on q), so that both
+            # give the same function at init.
+            q = q * scale
 
         out = linear_attention(
             q,
@@ -1232,6 +1223,4 @@ def multi_head_attention_flop_count(
     n, hd = math.prod(spatial_dims), cfg.resolved_head_dim
     qd, kvd = cfg.num_heads * hd, cfg.kv_heads * hd
     proj = 2 * n * cfg.dim * (qd + 2 * kvd) + 2 * n * qd * cfg.dim
-    return proj + attention_flop_count(
-        cfg.num_heads, hd, n, causal=cfg.causal and len(spatial_dims) == 1, window=cfg.window
-    )
+    return proj + attention_flop_count(cfg.num_heads, hd, n, causal=cfg.causal, window=cfg.window)

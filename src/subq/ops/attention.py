@@ -159,10 +159,14 @@ attention_op = Op(
 
 
 def _plain_causal(mods: Any) -> bool:
-    """Whether the options are exactly SDPA's ``is_causal`` (top-left aligned) or no mask."""
+    """Whether the options are exactly SDPA's ``is_causal`` (top-left aligned) or no mask.
+
+    Alignment only matters with ``causal``: unmasked cross-attention with ``T != S`` needs no
+    ``attn_mask`` either (which keeps it on the flash/cuDNN kernels).
+    """
     return (
         mods.q_pos is None
-        and mods.q_offset == 0
+        and (mods.q_offset == 0 or not mods.causal)
         and mods.window is None
         and mods.prefix is None
         and mods.alibi is None
