@@ -44,12 +44,14 @@ def problems(draw):
         "alignment": draw(st.sampled_from(["bottom_right", "top_left"])),
         "window": draw(st.one_of(st.none(), st.integers(1, 6))),
         "padding": draw(st.booleans()),
+        "mask": draw(st.booleans()),
+        "prefix": draw(st.one_of(st.none(), st.integers(0, 4))),
         "segments": draw(st.booleans()) and s == t,
         "bias": draw(st.booleans()),
         "alibi": draw(st.booleans()),
         "softcap": draw(st.one_of(st.none(), st.floats(0.5, 3.0))),
         "scale": draw(st.one_of(st.none(), st.floats(0.1, 2.0))),
-        "backend": draw(st.sampled_from(["standard", "memory_efficient", "flash"])),
+        "backend": draw(st.sampled_from(["standard", "memory_efficient", "flash", "pallas_flash"])),
         "block": draw(st.integers(1, 5)),
     }
 
@@ -68,18 +70,28 @@ def test_backend_equals_oracle(p):
     offset = s - t if p["alignment"] == "bottom_right" else 0
     qp = torch.arange(t)[:, None] + offset
     kp = torch.arange(s)[None, :]
-    allowed = torch.ones(b, heads, t, s, dtype=torch.bool)
     bias = torch.zeros(b, heads, t, s, dtype=torch.float64)
     opts = dict(causal=p["causal"], alignment=p["alignment"], window=p["window"])
+    pos_ok = torch.ones(t, s, dtype=torch.bool)
     if p["causal"]:
-        allowed &= kp <= qp
+        pos_ok &= kp <= qp
     if p["window"] is not None:
         w = p["window"]
-        allowed &= (qp - kp < w) if p["causal"] else ((qp - kp).abs() < w)
+        pos_ok &= (qp - kp < w) if p["causal"] else ((qp - kp).abs() < w)
+    if p["prefix"] is not None and (p["causal"] or p["window"] is not None):
+        # Prefix-LM: keys before the prefix are visible to every query.
+        opts["prefix_length"] = p["prefix"]
+        pos_ok |= kp < p["prefix"]
+    allowed = pos_ok.expand(b, heads, t, s).clone()
     if p["padding"]:
         keep = torch.rand(b, s, generator=g) < 0.7
         opts["key_padding_mask"] = keep
         allowed &= keep[:, None, None, :]
+    if p["mask"]:
+        # Per head and query: the backends split heads into (kv_heads, groups).
+        mask = torch.rand(b, heads, t, s, generator=g) < 0.7
+        opts["mask"] = mask
+        allowed &= mask
     if p["segments"]:
         seg = torch.randint(0, 2, (b, t), generator=g).cumsum(-1)
         opts["segment_ids"] = seg
@@ -97,7 +109,7 @@ def test_backend_equals_oracle(p):
     call = dict(
         opts, softcap=p["softcap"], scale=p["scale"], backend=p["backend"], block_size=p["block"]
     )
-    if p["softcap"] is not None and p["backend"] == "flash":
+    if p["softcap"] is not None and p["backend"] in ("flash", "pallas_flash"):
         with pytest.raises(ValueError, match="softcap"):
             attention(q, k, v, **call)
         return
@@ -145,12 +157,13 @@ def test_linear_attention_equals_quadratic_form(seed, t, chunk, causal, padding,
     seed=seeds,
     kv_heads=st.sampled_from([1, 2, 4]),
     window=st.one_of(st.none(), st.integers(1, 5)),
-    pos_emb=st.sampled_from(["none", "rope"]),
+    pos_emb=st.sampled_from(["none", "rope", "alibi"]),
     qk_norm=st.sampled_from([None, "l2", "rms"]),
-    backend=st.sampled_from(["standard", "memory_efficient", "flash"]),
+    backend=st.sampled_from(["standard", "memory_efficient", "flash", "pallas_flash"]),
     prompt=st.integers(1, 5),
+    left_pad=st.integers(0, 3),
 )
-def test_decode_equals_full(seed, kv_heads, window, pos_emb, qk_norm, backend, prompt):
+def test_decode_equals_full(seed, kv_heads, window, pos_emb, qk_norm, backend, prompt, left_pad):
     cfg = AttentionConfig(
         dim=16,
         num_heads=4,
@@ -164,11 +177,17 @@ def test_decode_equals_full(seed, kv_heads, window, pos_emb, qk_norm, backend, p
     )
     p = init_attention(cfg, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     x = randn(2, 8, 16, seed=seed)
-    full = mha(p, x, cfg=cfg)
+    # Batch element 1 is left-padded: padding neither advances positions nor is attended to.
+    real = torch.ones(2, 8, dtype=torch.bool)
+    real[1, :left_pad] = False
+    positions = real.long().cumsum(-1) - real.long()
+    full = mha(p, x, cfg=cfg, key_padding_mask=real, positions=positions)
     cache = init_kv_cache(cfg, 2, 8, dtype=torch.float64)
-    y, cache = cached_attention(p, x[:, :prompt], cache, cfg=cfg)
+    y, cache = cached_attention(p, x[:, :prompt], cache, cfg=cfg, key_padding_mask=real[:, :prompt])
     outs = [y]
     for i in range(prompt, 8):
-        y, cache = cached_attention(p, x[:, i : i + 1], cache, cfg=cfg)
+        step = slice(i, i + 1)
+        y, cache = cached_attention(p, x[:, step], cache, cfg=cfg, key_padding_mask=real[:, step])
         outs.append(y)
-    assert_close_rel(full, torch.cat(outs, 1), 1e-11)
+    keep = real[..., None]
+    assert_close_rel(full * keep, torch.cat(outs, 1) * keep, 1e-11)

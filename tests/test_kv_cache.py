@@ -17,6 +17,14 @@ CONFIGS = [
     dict(pos_emb="rope", num_kv_heads=1, window=4, qk_norm="l2"),
     dict(pos_emb="none", attention_type="memory_efficient", attention_block_size=3),
     dict(pos_emb="rope", attention_type="flash", window=5),
+    dict(pos_emb="alibi", num_kv_heads=2, attention_type="pallas_flash", window=4),
+    dict(
+        pos_emb="alibi",
+        num_kv_heads=1,
+        qk_norm="l2",
+        attention_type="memory_efficient",
+        attention_block_size=2,
+    ),
 ]
 
 
@@ -112,13 +120,18 @@ def test_compiled_step_compiles_once():
 def test_bad_cache_errors():
     cfg = AttentionConfig(dim=8, num_heads=2, causal=True)
     p = init_attention(cfg)
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(ValueError, match=r"max_len=4\) is too short .* expected max_len ≥ 5"):
         cached_attention(p, torch.randn(1, 5, 8), init_kv_cache(cfg, 1, 4), cfg=cfg)
     other = AttentionConfig(dim=8, num_heads=2, num_kv_heads=1, causal=True)
-    with pytest.raises(ValueError, match="kv_heads"):
+    with pytest.raises(ValueError, match=r"kv_heads, head_dim\] = \[1, 2, 4\], got \[1, 1, 4\]"):
         cached_attention(p, torch.randn(1, 1, 8), init_kv_cache(other, 1, 4), cfg=cfg)
-    with pytest.raises(ValueError, match="max_len"):
+    with pytest.raises(ValueError, match="max_len must be a positive int, got 0"):
         init_kv_cache(cfg, 1, 0)
-    with pytest.raises(ValueError, match="causal"):
+    with pytest.raises(ValueError, match="batch must be a positive int, got 0"):
+        init_kv_cache(cfg, 0, 4)
+    unchecked = getattr(cached_attention, "__wrapped__", cached_attention)  # below SUBQ_TYPECHECK
+    with pytest.raises(ValueError, match="x must have 8 channels, got 6"):
+        unchecked(p, torch.randn(1, 1, 6), init_kv_cache(cfg, 1, 4), cfg=cfg)
+    with pytest.raises(ValueError, match="expected a causal config"):
         nc = AttentionConfig(dim=8, num_heads=2)
         cached_attention(init_attention(nc), torch.randn(1, 1, 8), init_kv_cache(nc, 1, 4), cfg=nc)
