@@ -199,3 +199,18 @@ def test_film_runs_in_float64_with_float64_params():
     assert torch.autograd.gradcheck(lambda c: hyena(p, q, k, v, cfg=cfg, conditioning=c), (cond,))
     with pytest.raises(ValueError, match=r"cond_dim\] = \[B, 3\], got shape \(2, 2\)"):
         hyena(p, q, k, v, cfg=cfg, conditioning=torch.ones(2, 2, dtype=DT))
+
+
+def test_rff_filter_frequencies_are_a_buffer_of_the_shell():
+    filt = KernelNetConfig(channels=4, kind="rff", rff_features=8, construction_size=8)
+    shell = Hyena(hidden_dim=4, max_size=8, filter=filt, generator=_g(0), dtype=DT)
+    assert "rff_freqs" in dict(shell.named_buffers())
+    assert not any("rff" in name for name, _ in shell.named_parameters())
+    q, k, v = _qkv((2, 8, 4))
+    assert_shell_matches_functional(
+        shell,
+        lambda p, a, b, c: hyena(p, a, b, c, cfg=shell.cfg, buffers=shell.buffers_pytree()),
+        q,
+        k,
+        v,
+    )

@@ -11,10 +11,28 @@ from subq.functional import ckconv as F
 from subq.functional.implicit import KernelNetBuffers, init_kernel_net_buffers
 from subq.nn.base import Shell, mixer_config
 
-__all__ = ["CKConvND"]
+__all__ = ["CKConvND", "ImplicitKernelShell"]
 
 
-class CKConvND(Shell):
+class ImplicitKernelShell(Shell):
+    """Base of the shells around an implicit kernel (CKConvND, Hyena): the kernel network's
+    frozen buffers (an ``"rff"`` kernel's ``rff_freqs``) are registered buffers, not parameters."""
+
+    def _register_kernel_buffers(
+        self, kernel_cfg: Any, generator: torch.Generator | None, device: Any
+    ) -> None:
+        buffers = init_kernel_net_buffers(kernel_cfg, generator=generator, device=device)
+        if buffers.rff_freqs is not None:
+            self.register_buffer("rff_freqs", buffers.rff_freqs)
+        else:
+            self.rff_freqs = None
+
+    def buffers_pytree(self) -> KernelNetBuffers:
+        """The frozen kernel-network buffers as the pure function takes them."""
+        return KernelNetBuffers(rff_freqs=self.rff_freqs)
+
+
+class CKConvND(ImplicitKernelShell):
     """Shell of :func:`subq.functional.ckconv.ckconv`.
 
     ``CKConvND(hidden_dim=64, ndim=2, max_size=32, mode="circular")``. Called with one tensor it
@@ -36,15 +54,7 @@ class CKConvND(Shell):
         cfg = mixer_config("CKConvND", F.CKConvConfig, hidden_dim, cfg, fields)
         self.cfg = cfg
         super().__init__(F.init_ckconv(cfg, generator=generator, device=device, dtype=dtype))
-        buffers = init_kernel_net_buffers(cfg.kernel, generator=generator, device=device)
-        if buffers.rff_freqs is not None:
-            self.register_buffer("rff_freqs", buffers.rff_freqs)
-        else:
-            self.rff_freqs = None
-
-    def buffers_pytree(self) -> KernelNetBuffers:
-        """The frozen kernel-network buffers as the pure function takes them."""
-        return KernelNetBuffers(rff_freqs=self.rff_freqs)
+        self._register_kernel_buffers(cfg.kernel, generator, device)
 
     def forward(
         self,

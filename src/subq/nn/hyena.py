@@ -8,13 +8,13 @@ import torch
 from torch import Tensor
 
 from subq.functional import hyena as F
-from subq.functional.implicit import KernelNetBuffers, init_kernel_net_buffers
-from subq.nn.base import Shell, mixer_config
+from subq.nn.base import mixer_config
+from subq.nn.ckconv import ImplicitKernelShell
 
 __all__ = ["Hyena"]
 
 
-class Hyena(Shell):
+class Hyena(ImplicitKernelShell):
     """Shell of :func:`subq.functional.hyena.hyena`.
 
     ``Hyena(hidden_dim=256, max_size=4096)`` (causal 1D) or ``Hyena(hidden_dim=256, ndim=2,
@@ -22,7 +22,7 @@ class Hyena(Shell):
     projected ``query, key, value`` ``[B, *spatial, C]`` and the mixer protocol's ``cp_group``
     (must be None); ``conditioning`` ``[B, cond_dim]`` drives a FiLM of the kernel network when
     ``cond_dim`` is set (ignored otherwise), and other keyword arguments are ignored. The random
-    features of an ``"rff"`` filter are a buffer (``filter_buffers.rff_freqs``), not a parameter.
+    features of an ``"rff"`` filter are a buffer (``rff_freqs``), not a parameter.
     """
 
     def __init__(
@@ -38,15 +38,7 @@ class Hyena(Shell):
         cfg = mixer_config("Hyena", F.HyenaConfig, hidden_dim, cfg, fields)
         self.cfg = cfg
         super().__init__(F.init_hyena(cfg, generator=generator, device=device, dtype=dtype))
-        buffers = init_kernel_net_buffers(cfg.filter, generator=generator, device=device)
-        if buffers.rff_freqs is not None:
-            self.register_buffer("rff_freqs", buffers.rff_freqs)
-        else:
-            self.rff_freqs = None
-
-    def buffers_pytree(self) -> KernelNetBuffers:
-        """The frozen kernel-network buffers as the pure function takes them."""
-        return KernelNetBuffers(rff_freqs=self.rff_freqs)
+        self._register_kernel_buffers(cfg.filter, generator, device)
 
     def forward(
         self,
