@@ -11,7 +11,7 @@ from subq.nn.attention import Attention, AttentionMixer
 from subq.testing.registry import LayerCase, register_layer
 from subq.testing.strategies import axis_sizes, randn, seeds
 
-_BACKENDS = ("standard", "memory_efficient", "flash")
+_BACKENDS = ("standard", "memory_efficient", "flash", "pallas_flash")
 
 
 def _perturbed(params, seed: int):
@@ -33,7 +33,7 @@ def multi_head_attention_case(draw) -> LayerCase:
         fused_qkv=draw(st.booleans()),
         qkv_bias=draw(st.booleans()),
         qk_norm=draw(st.sampled_from([None, "l2", "rms"])),
-        pos_emb=draw(st.sampled_from(["none", "rope"])),
+        pos_emb=draw(st.sampled_from(["none", "rope", "alibi"])),
         attention_type=draw(st.sampled_from(_BACKENDS)),
         attention_block_size=draw(st.integers(2, 5)),
     )
@@ -54,21 +54,19 @@ def multi_head_attention_case(draw) -> LayerCase:
     return LayerCase(fn=fn, params=params, x=x, shell=shell, make_params=make_params, time_axis=1)
 
 
-class _SelfMixer(torch.nn.Module):
-    """x -> mixer(x, x, x): the registry's single-input form of the inner mixer."""
-
-    def __init__(self, mixer: AttentionMixer) -> None:
-        super().__init__()
-        self.mixer = mixer
-
-    def params(self):
-        return self.mixer.params()
-
-    def forward(self, x):
-        return self.mixer(x, x, x)
+def _mixer_inputs(x):
+    # Distinct q, k, v from one input, so the mixer is not tested on q = k only.
+    return x, x.flip(-1), x * 0.5
 
 
-@register_layer("attention_mixer", {"causal", "vmap", "grad", "compile", "dtype"})
+class _SelfMixer(AttentionMixer):
+    """The registry's single-input form of the inner mixer: ``x -> mixer(*_mixer_inputs(x))``."""
+
+    def forward(self, x):  # type: ignore[override]
+        return super().forward(*_mixer_inputs(x))
+
+
+@register_layer("attention_mixer", {"causal", "vmap", "grad", "shell", "compile", "dtype"})
 def attention_mixer_case(draw) -> LayerCase:
     heads = draw(st.integers(1, 3))
     cfg = F.AttentionMixerConfig(
@@ -87,9 +85,10 @@ def attention_mixer_case(draw) -> LayerCase:
 
     params = make_params(seed)
     x = randn(draw(axis_sizes(3)), draw(st.integers(2, 9)), cfg.hidden_dim, seed=seed + 1)
+    shell = _SelfMixer(cfg=cfg, dtype=torch.float64)
+    shell.load_state_dict(params_to_flat(params))
 
     def fn(p, inp):
-        # Distinct q, k, v from one input, so the mixer is not tested on q = k only.
-        return F.attention_mixer(p, inp, inp.flip(-1), inp * 0.5, cfg=cfg)
+        return F.attention_mixer(p, *_mixer_inputs(inp), cfg=cfg)
 
-    return LayerCase(fn=fn, params=params, x=x, make_params=make_params, time_axis=1)
+    return LayerCase(fn=fn, params=params, x=x, shell=shell, make_params=make_params, time_axis=1)
