@@ -223,6 +223,8 @@ def test_rotary_embedding_2d_and_errors():
         RotaryEmbedding(8, layout="bhld")
     with pytest.raises(ValueError, match="at least 5 axes"):
         rope(randn(2, 3, 8, seed=0))
+    with pytest.raises(ValueError, match=r"either offset .* or positions, not both"):
+        RotaryEmbedding(8)(randn(1, 2, 3, 8, seed=0), offset=2, positions=torch.arange(3))
 
 
 def test_rotary_embedding_compiles():

@@ -20,7 +20,7 @@ Layout names from the reference API: ``bhl`` is channels-first ``[B, C, *spatial
 channels-last ``[B, *spatial, C]``.
 
 ``shapecheck`` is decided once, when a function is decorated, from the ``SUBQ_TYPECHECK``
-environment variable (off unless set to ``1``/``true``/``on``):
+environment variable (off unless set to ``1``/``true``/``on``/``yes``):
 
 * off: the function is returned unchanged (no overhead);
 * on: arguments and return values are checked by jaxtyping + beartype in eager mode, the tensor

@@ -101,8 +101,14 @@ class RotaryEmbedding(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Rotate ``q`` (and ``k``) at grid positions starting at ``offset`` or at explicit
         ``positions`` (``[..., T]`` for one axis, ``[..., T, n_axes]`` otherwise, broadcast to
-        the layout like a cache)."""
+        the layout like a cache); not both."""
         partial = self.rotary_dim is not None and self.rotary_dim < self.head_dim
+        offset_given = any(offset) if isinstance(offset, Sequence) else offset != 0
+        if positions is not None and offset_given:
+            raise ValueError(
+                f"RotaryEmbedding: pass either offset (grid positions) or positions, not both; "
+                f"got offset={offset!r} with positions of shape {tuple(positions.shape)}"
+            )
         if positions is not None:
             c = F.rope_cache_from_positions(
                 positions, self.head_dim, base=self.base, sections=self.sections,
