@@ -129,8 +129,9 @@ def test_stack_unstack_round_trip():
 def test_stack_errors():
     with pytest.raises(ValueError, match="stack_params: expected at least one params pytree"):
         stack_params([])
-    with pytest.raises(ValueError):  # different None structure cannot be stacked
-        stack_params([LeafParams(torch.ones(2)), LeafParams(torch.ones(2), torch.ones(2))])
+    # A different None structure cannot be stacked; the error says which member differs.
+    with pytest.raises(ValueError, match=r"params\[2\] differs in structure from params\[0\]"):
+        stack_params([LeafParams(torch.ones(2))] * 2 + [LeafParams(torch.ones(2), torch.ones(2))])
 
 
 def test_unstack_of_leafless_params_is_itself():

@@ -118,6 +118,14 @@ def stack_params(params: Sequence[T]) -> T:
     """Stack structurally identical params on a new leading axis (for ``vmap`` ensembles)."""
     if not params:
         raise ValueError("stack_params: expected at least one params pytree, got none")
+    first = pytree.tree_structure(params[0])
+    for i, member in enumerate(params[1:], start=1):
+        if pytree.tree_structure(member) != first:
+            raise ValueError(
+                f"stack_params: params[{i}] differs in structure from params[0] (a field is None "
+                f"in one and a tensor in the other, or the types differ):\n"
+                f"params[0]: {first}\nparams[{i}]: {pytree.tree_structure(member)}"
+            )
     return pytree.tree_map(lambda *xs: torch.stack(xs), params[0], *params[1:])
 
 
