@@ -385,6 +385,8 @@ def test_compiles_without_graph_breaks():
     q, k, v = qkv(t=9, s=9)
     keep = torch.ones(2, 9, dtype=torch.bool)
     keep[0, 7:] = False
+    seg = torch.tensor([[0] * 4 + [1] * 5, [0] * 2 + [1] * 7])
+    slopes = torch.tensor([0.5, 0.3, 0.2, 0.1]).double()
     for backend in BACKENDS:
 
         def f(q, k, v, keep, backend=backend):
@@ -392,12 +394,42 @@ def test_compiles_without_graph_breaks():
                 q, k, v, causal=True, window=4, key_padding_mask=keep, backend=backend, block_size=4
             )
 
-        assert_compiles(f, q, k, v, keep)
-
         def plain(q, k, v, backend=backend):
             return attention(q, k, v, causal=True, backend=backend, block_size=4)
 
-        assert_compiles(plain, q, k, v)
+        def positional(q, k, v, seg, slopes, backend=backend):
+            return attention(
+                q,
+                k,
+                v,
+                causal=True,
+                segment_ids=seg,
+                alibi_slopes=slopes,
+                prefix_length=3,
+                backend=backend,
+                block_size=4,
+            )
+
+        cases = [(f, (q, k, v, keep)), (plain, (q, k, v)), (positional, (q, k, v, seg, slopes))]
+        if backend not in NO_SOFTCAP:
+
+            def capped(q, k, v, backend=backend):
+                return attention(
+                    q,
+                    k,
+                    v,
+                    causal=True,
+                    softcap=2.0,
+                    dropout_p=0.2,
+                    dropout_seed=5,
+                    backend=backend,
+                    block_size=4,
+                )
+
+            cases.append((capped, (q, k, v)))
+        for fn, args in cases:
+            # Zero graph breaks, and the compiled graph computes what eager does (float64).
+            assert_close_rel(fn(*args), assert_compiles(fn, *args), 1e-12, what=backend)
 
 
 def test_vmap_over_an_ensemble_equals_loop():
