@@ -223,6 +223,18 @@ def test_bad_input_errors():
         linear_attention(q, k, v, key_padding_mask=torch.ones(2, 12, dtype=torch.bool))
     with pytest.raises(ValueError, match="causal needs as many queries as keys, got T=13, S=5"):
         linear_attention(q, k[:, :, :5], v[:, :, :5], causal=True)
+    # A state of another batch size would broadcast silently; it is an error.
+    unchecked = getattr(linear_attention, "__wrapped__", linear_attention)  # below SUBQ_TYPECHECK
+    wrong = init_linear_attention_state(1, 2, 6, 5, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"initial_state must have kv .* = \[2, 2, 6, 5\].*got \[1, 2, 6, 5\]"
+    ):
+        unchecked(q, k, v, causal=True, initial_state=wrong)
+    unchecked_step = getattr(linear_attention_step, "__wrapped__", linear_attention_step)
+    with pytest.raises(
+        ValueError, match=r"state must have kv .* = \[2, 2, 6, 5\].*got \[1, 2, 6, 5\]"
+    ):
+        unchecked_step(wrong, q[:, :, :1], k[:, :, :1], v[:, :, :1])
     with pytest.raises(ValueError, match="window"):
         AttentionConfig(dim=8, num_heads=2, causal=True, window=3, attention_type="linear")
     with pytest.raises(ValueError, match="softcap"):

@@ -103,6 +103,18 @@ def _check(query: Tensor, key: Tensor, value: Tensor, chunk_size: int, mask: Ten
         )
 
 
+def _check_state(state: LinearAttentionState, key: Tensor, value: Tensor, name: str) -> None:
+    b, kvh, _, d = key.shape
+    want = ((b, kvh, d, value.shape[-1]), (b, kvh, d))
+    got = (tuple(state.kv.shape), tuple(state.k_sum.shape))
+    if got != want:
+        raise ValueError(
+            f"{name} must have kv [B, kv_heads, head_dim, dv] = {list(want[0])} "
+            f"and k_sum [B, kv_heads, head_dim] = {list(want[1])}, got {list(got[0])} and "
+            f"{list(got[1])}"
+        )
+
+
 @shapecheck
 def linear_attention(
     query: Float[Tensor, "..."],
@@ -153,6 +165,8 @@ def linear_attention(
         )
     if (initial_state is not None or return_state) and not causal:
         raise ValueError("linear_attention: initial_state/return_state need causal=True")
+    if initial_state is not None:
+        _check_state(initial_state, key, value, "linear_attention: initial_state")
     init = (None, None) if initial_state is None else (initial_state.kv, initial_state.k_sum)
     facts = {"device": query.device, "dtype": query.dtype}
     out, kv, k_sum = linear_attention_op.select(facts, backend)(
@@ -177,6 +191,7 @@ def linear_attention_step(
 ) -> tuple[Float[Tensor, "b heads 1 dv"], LinearAttentionState]:
     """One decoding step of causal linear attention: add the token to the state, then read."""
     _check(query, key, value, 1, key_padding_mask)
+    _check_state(state, key, value, "linear_attention_step: state")
     b, heads, _, d = query.shape
     kvh, dv = key.shape[1], value.shape[-1]
     cd = state.kv.dtype
