@@ -337,6 +337,15 @@ def test_data_forms_of_dtypes_enums_and_attrs_configs():
     assert instantiate(spec)[1]["cfg"] == cfg
 
 
+def test_torch_builtin_functions_are_stored_as_references():
+    # torch.relu and friends are C builtins without a __module__; they still have a path.
+    spec = LazyConfig(collect)(acts=[torch.relu, torch.tanh, torch.nn.functional.gelu])
+    assert spec["acts"][0] == {"_target_": "torch.relu", "_call_": False}
+    (_, named) = instantiate(from_json(to_json(spec)))
+    assert named["acts"][0] is torch.relu and named["acts"][1] is torch.tanh
+    assert named["acts"][2] is torch.nn.functional.gelu
+
+
 def test_functools_partial_values_are_stored_as_partial_specs():
     from subq import init
 

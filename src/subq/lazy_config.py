@@ -132,13 +132,21 @@ def _dotted_name(obj: Any) -> str | None:
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
         return None  # lambdas and local classes have no importable path
-    path = f"{module}.{qualname}"
-    try:
-        found = locate(path)
-    except (ImportError, ValueError):
-        return None
-    # Bound classmethods are created anew on each access: equal, not identical.
-    return path if found is obj or found == obj else None
+    paths = [f"{module}.{qualname}"]
+    name = getattr(obj, "__name__", None)
+    if inspect.isbuiltin(obj) and isinstance(name, str) and name != qualname:
+        # torch's C functions (torch.relu: qualname '_VariableFunctionsClass.relu') live on
+        # their module under their plain name.
+        paths.append(f"{module}.{name}")
+    for path in paths:
+        try:
+            found = locate(path)
+        except (ImportError, ValueError):
+            continue
+        # Bound classmethods are created anew on each access: equal, not identical.
+        if found is obj or found == obj:
+            return path
+    return None
 
 
 def _describe(target: Any) -> str:
