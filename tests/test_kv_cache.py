@@ -82,6 +82,21 @@ def test_ring_buffer_with_sliding_window():
         y, cache = cached_attention(p, x[:, i : i + 1], cache, cfg=cfg)
         outs.append(y)
     assert_close_rel(full, torch.cat(outs, 1), 1e-11)
+    # Chunks of n tokens need w + n - 1 slots: n = 2 in a cache of 4 is exact, ...
+    cache = init_kv_cache(cfg, 1, 4, dtype=torch.float64)
+    outs = []
+    for i in range(0, 12, 2):
+        y, cache = cached_attention(p, x[:, i : i + 2], cache, cfg=cfg)
+        outs.append(y)
+    assert_close_rel(full, torch.cat(outs, 1), 1e-11)
+    # ... and a cache of 3 is not (the documented limit is real, so the test above can fail).
+    cache = init_kv_cache(cfg, 1, 3, dtype=torch.float64)
+    outs = []
+    for i in range(0, 12, 2):
+        y, cache = cached_attention(p, x[:, i : i + 2], cache, cfg=cfg)
+        outs.append(y)
+    with pytest.raises(AssertionError):
+        assert_close_rel(full, torch.cat(outs, 1), 1e-6)
 
 
 def test_cache_is_not_mutated():
