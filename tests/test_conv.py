@@ -51,6 +51,47 @@ def test_same_matches_nn_conv(nd, k):
     assert_close_rel(want, short_conv(p, x, causal=False), 1e-14)
 
 
+@pytest.mark.parametrize(
+    ("spatial", "k", "wrap"),
+    [
+        ((7,), 3, True),
+        ((7,), 4, True),
+        ((6, 5), 3, True),
+        ((6, 5), 2, (True, False)),
+        ((4, 5, 3), 3, (False, True, True)),
+    ],
+)
+def test_circular_same_matches_nn_conv_with_circular_padding_on_the_wrapped_axes(spatial, k, wrap):
+    nd, c = len(spatial), 3
+    p = ShortConvParams(
+        weight=torch.randn(c, *(k,) * nd, generator=_g(1), dtype=DT),
+        bias=torch.randn(c, generator=_g(2), dtype=DT),
+    )
+    x = torch.randn(2, *spatial, c, generator=_g(0), dtype=DT)
+    flags = (wrap,) * nd if isinstance(wrap, bool) else wrap
+    # Oracle: tile the input three times along each wrapped axis (zeros elsewhere), convolve
+    # "same", keep the middle copy.
+    xc = x.movedim(-1, 1)
+    for axis, w in enumerate(flags):
+        if w:
+            xc = torch.cat([xc, xc, xc], dim=2 + axis)
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[
+        nd - 1
+    ]
+    full = conv(xc, p.weight.unsqueeze(1), p.bias, padding="same", groups=c)
+    for axis, (w, n) in enumerate(zip(flags, spatial, strict=True)):
+        if w:
+            full = full.narrow(2 + axis, n, n)
+    assert_close_rel(full.movedim(1, -1), short_conv(p, x, causal=False, circular=wrap), 1e-14)
+    # Shifts along the wrapped axes commute with the convolution.
+    shifts = tuple(2 if w else 0 for w in flags)
+    dims = tuple(a + 1 for a, w in enumerate(flags) if w)
+    shifts = tuple(s for s in shifts if s)
+    y = short_conv(p, x, causal=False, circular=wrap)
+    y_of_rolled = short_conv(p, torch.roll(x, shifts, dims), causal=False, circular=wrap)
+    assert_close_rel(torch.roll(y, shifts, dims), y_of_rolled, 1e-14)
+
+
 def test_causal_and_decode_equals_full():
     cfg = ShortConvConfig(channels=4, kernel_size=4, bias=True)
     p = init_short_conv(cfg, generator=_g(0), dtype=DT)

@@ -214,3 +214,17 @@ def test_rff_filter_frequencies_are_a_buffer_of_the_shell():
         k,
         v,
     )
+
+
+@pytest.mark.parametrize("mode", ["circular", ("circular", "zero")])
+def test_circular_hyena_is_shift_equivariant_along_the_circular_axes(mode):
+    """The short convolution wraps where the long convolution does, so rolling the input along a
+    circular axis rolls the output (with zero padding there it would not)."""
+    cfg = HyenaConfig(hidden_dim=4, ndim=2, max_size=(6, 5), mode=mode, short_kernel_size=3)
+    p = init_hyena(cfg, generator=_g(0), dtype=DT)
+    q, k, v = _qkv((2, 6, 5, 4))
+    y = hyena(p, q, k, v, cfg=cfg)
+    dims = (1, 2) if mode == "circular" else (1,)
+    shifts = (2, 3)[: len(dims)]
+    rolled = [torch.roll(t, shifts, dims) for t in (q, k, v)]
+    assert_close_rel(torch.roll(y, shifts, dims), hyena(p, *rolled, cfg=cfg), 1e-12)

@@ -109,7 +109,11 @@ def _check(where: str, params: ShortConvParams, x: Tensor) -> int:
 
 @shapecheck
 def short_conv(
-    params: ShortConvParams, x: Float[Tensor, "b *spatial c"], *, causal: bool = True
+    params: ShortConvParams,
+    x: Float[Tensor, "b *spatial c"],
+    *,
+    causal: bool = True,
+    circular: bool | tuple[bool, ...] = False,
 ) -> Float[Tensor, "b *spatial c"]:
     """Depthwise short convolution of channels-last ``x``.
 
@@ -117,6 +121,9 @@ def short_conv(
         params: weight ``[C, *K]`` and optional bias.
         x: ``[B, *spatial, C]``.
         causal: zero left padding of ``K − 1`` (1D only); otherwise "same" padding.
+        circular: "same" case only: wrap around instead of zero padding, on every axis or per
+            axis (a tuple with one flag per spatial axis). With it, a layer whose long
+            convolution is circular stays exactly shift-equivariant.
 
     Example:
         >>> p = ShortConvParams(weight=torch.tensor([[0.5, 1.0]]))
@@ -131,11 +138,31 @@ def short_conv(
     xc = x.movedim(-1, 1)
     w = weight.unsqueeze(1).to(xc.dtype)
     b = None if params.bias is None else params.bias.to(xc.dtype)
+    wrap = (circular,) * nd if isinstance(circular, bool) else tuple(circular)
+    if len(wrap) != nd:
+        raise ValueError(
+            f"short_conv: circular needs one flag per spatial axis ({nd}), got {circular!r}"
+        )
+    if causal and any(wrap):
+        raise ValueError("short_conv: causal=True cannot be circular")
     if causal:
         y = F.conv1d(F.pad(xc, (weight.shape[-1] - 1, 0)), w, b, groups=channels)
+    elif any(wrap):
+        y = _conv_fn(nd)(_same_pad(xc, weight.shape[1:], wrap), w, b, groups=channels)
     else:
         y = _conv_fn(nd)(xc, w, b, padding="same", groups=channels)
     return y.movedim(1, -1)
+
+
+def _same_pad(x: Tensor, taps: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
+    """Pad ``[B, C, *spatial]`` as PyTorch's ``padding="same"`` does (for an even ``K`` one
+    more tap looks forward than back): wrapped on the ``wrap`` axes, zeros on the others."""
+    pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in taps]
+    circ = [p if w else (0, 0) for p, w in zip(pads, wrap, strict=True)]
+    zero = [(0, 0) if w else p for p, w in zip(pads, wrap, strict=True)]
+    # F.pad lists the last axis first.
+    x = F.pad(x, [n for pair in reversed(circ) for n in pair], mode="circular")
+    return F.pad(x, [n for pair in reversed(zero) for n in pair])
 
 
 def init_short_conv_state(

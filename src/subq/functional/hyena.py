@@ -3,7 +3,8 @@
 On already-projected ``q, k, v`` ``[B, *spatial, C]`` (Poli et al. 2023; the N-D form of
 nvSubquadratic's HyenaND):
 
-1. ``[q; k; v] ← short_conv([q; k; v])`` — depthwise on ``3C`` channels (causal in 1D causal);
+1. ``[q; k; v] ← short_conv([q; k; v])`` — depthwise on ``3C`` channels (causal in 1D causal,
+   wrapped around on the axes where the long convolution is circular);
 2. optional QK-norm of ``q`` and ``k`` (``"l2"`` or ``"rms"``);
 3. ``z = q ⊙ σ(k)``, then an optional norm of ``z``;
 4. ``h = K ∗ z + D ⊙ z`` — FFT long convolution with the implicit kernel ``K``
@@ -304,7 +305,12 @@ def hyena(
     """
     _check_inputs("hyena", cfg, query, key, value, cfg.ndim)
     c = cfg.hidden_dim
-    u = short_conv(params.short_conv, torch.cat([query, key, value], dim=-1), causal=cfg.causal)
+    u = short_conv(
+        params.short_conv,
+        torch.cat([query, key, value], dim=-1),
+        causal=cfg.causal,
+        circular=tuple(m == "circular" for m in cfg.mode),
+    )
     q, k, v = u.split(c, dim=-1)
     spatial = tuple(query.shape[1:-1])
     kernel = implicit_kernel(
