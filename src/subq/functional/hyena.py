@@ -66,7 +66,7 @@ from subq.functional.norm import (
     layer_norm,
     rms_norm,
 )
-from subq.ops.fftconv import gated_fft_conv_op
+from subq.ops.fftconv import gated_fft_conv_op, value_gate_fn
 
 __all__ = [
     "HyenaConfig",
@@ -240,14 +240,6 @@ def _apply_norm(kind: str, params: NormParams | None, x: Tensor) -> Tensor:
     return x
 
 
-def _gate(kind: str, x: Tensor) -> Tensor:
-    if kind == "sigmoid":
-        return torch.sigmoid(x)
-    if kind == "silu":
-        return torch.nn.functional.silu(x)
-    return x
-
-
 def _pre_conv(params: HyenaParams, q: Tensor, k: Tensor, cfg: HyenaConfig) -> Tensor:
     """Steps 2–3: QK-norm, ``z = q ⊙ σ(k)``, norm of ``z``."""
     if cfg.qk_norm == "l2":
@@ -338,7 +330,7 @@ def hyena(
             chunk_size=cfg.chunk_size,
             backend=backend,
         )
-        y = h * _gate(cfg.value_gate, v)
+        y = h * value_gate_fn(cfg.value_gate, v)
     return _apply_norm(cfg.out_norm, params.out_norm, y)
 
 
@@ -436,7 +428,7 @@ def hyena_step(
     h = (history * taps.transpose(-1, -2)).sum(1) + z.to(history.dtype) * params.skip.to(
         history.dtype
     )
-    y = h.to(z.dtype) * _gate(cfg.value_gate, v)
+    y = h.to(z.dtype) * value_gate_fn(cfg.value_gate, v)
     y = _apply_norm(cfg.out_norm, params.out_norm, y)
     return y, HyenaState(
         conv=conv, history=history, kernel=state.kernel, position=state.position + 1

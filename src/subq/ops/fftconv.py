@@ -226,7 +226,8 @@ def _fft_conv_with(core, x, kernel, skip, modes, chunk_size, fast_sizes) -> Tens
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
-def _gate(kind: str, v: Tensor) -> Tensor:
+def value_gate_fn(kind: str, v: Tensor) -> Tensor:
+    """Hyena's value gate ``σ₂``: ``"sigmoid"``, ``"silu"`` or anything else for none."""
     if kind == "sigmoid":
         return torch.sigmoid(v)
     if kind == "silu":
@@ -251,7 +252,7 @@ def _gated_core(
     cdt = kspec.real.dtype
     z = (q.to(cdt) * torch.sigmoid(k.to(cdt))).movedim(-1, 1)
     h = _conv_core(z, kspec, skip, sizes, cdt).movedim(1, -1)
-    return (h * _gate(value_gate, v.to(cdt))).to(q.dtype)
+    return (h * value_gate_fn(value_gate, v.to(cdt))).to(q.dtype)
 
 
 def gated_fft_conv_reference(
