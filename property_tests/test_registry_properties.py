@@ -70,7 +70,12 @@ def test_bfloat16_in_bfloat16_out(name, data):
     x = case.x.to(torch.bfloat16)
     y = case.fn(params, x)
     assert y.dtype == torch.bfloat16
-    reference = case.fn(case.params, case.x)
+    # The float64 function of the *same* bf16-rounded params and input: the error is then the
+    # computation's, not the rounding of the data (which tiny ill-conditioned cases amplify
+    # well past any fixed bound: 3.5e-2 for a 2-token attention whose computation is good to
+    # 4e-3).
+    as_f64 = torch.utils._pytree.tree_map(lambda t: t.double(), params)
+    reference = case.fn(as_f64, x.double())
     err = (y.double() - reference).norm() / reference.norm().clamp_min(1e-12)
     assert err < 3e-2, f"bf16 relative error {err:.3e}"
 
