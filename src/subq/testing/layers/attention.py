@@ -32,7 +32,9 @@ def multi_head_attention_case(draw) -> LayerCase:
         window=draw(st.one_of(st.none(), st.integers(1, 6))),
         fused_qkv=draw(st.booleans()),
         qkv_bias=draw(st.booleans()),
-        qk_norm=draw(st.sampled_from([None, "l2", "rms"])),
+        # Normalising a 2-channel head is ill-conditioned: a q or k near zero changes direction
+        # under bf16 rounding of the input alone (error 3.4e-2 in float64 from rounded inputs).
+        qk_norm=draw(st.sampled_from([None, "l2", "rms"] if head_dim >= 4 else [None])),
         pos_emb=draw(st.sampled_from(["none", "rope", "alibi"])),
         attention_type=draw(st.sampled_from(_BACKENDS)),
         attention_block_size=draw(st.integers(2, 5)),
