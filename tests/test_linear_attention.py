@@ -285,3 +285,33 @@ def test_backend_choice_is_explained_and_forced():
     q = torch.randn(1, 1, 3, 2)
     with pytest.raises(ops.BackendUnavailableError, match=r"compiled.*targets cuda"):
         linear_attention(q, q, q, causal=True, backend="compiled")
+
+
+@pytest.mark.parametrize(("causal", "t", "chunk"), [(True, 11, 4), (True, 8, 8), (False, 11, 4)])
+def test_flop_count_equals_the_matrix_products_torch_counts(causal, t, chunk):
+    """``linear_attention_flop_count`` against ``FlopCounterMode`` over the reference backend
+    (which counts exactly the matmuls/einsums executed), with grouped heads and E != D."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from subq import linear_attention_flop_count
+
+    q = torch.randn(2, 4, t, 8)
+    k = torch.randn(2, 2, t, 8)
+    v = torch.randn(2, 2, t, 5)
+    with FlopCounterMode(display=False) as counter:
+        linear_attention(q, k, v, causal=causal, chunk_size=chunk, backend="reference")
+    per_batch = linear_attention_flop_count(
+        4, 8, t, causal=causal, chunk_size=chunk, kv_heads=2, value_dim=5
+    )
+    assert counter.get_total_flops() == 2 * per_batch
+
+
+def test_linear_layer_flop_count_uses_the_linear_formula():
+    from subq import linear_attention_flop_count
+
+    cfg = AttentionConfig(dim=16, num_heads=4, num_kv_heads=2, causal=True, attention_type="linear")
+    proj = 2 * 9 * 16 * (16 + 2 * 8) + 2 * 9 * 16 * 16
+    want = proj + linear_attention_flop_count(4, 4, 9, causal=True, chunk_size=64, kv_heads=2)
+    from subq.functional.attention import multi_head_attention_flop_count
+
+    assert multi_head_attention_flop_count(cfg, (9,)) == want

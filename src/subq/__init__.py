@@ -80,6 +80,7 @@ from subq.functional.linear_attention import (
     apply_feature_map,
     init_linear_attention_state,
     linear_attention,
+    linear_attention_flop_count,
     linear_attention_step,
 )
 from subq.functional.mixer import (
@@ -264,6 +265,7 @@ __all__ = [
     "learned_positional",
     "learned_positional_at",
     "linear_attention",
+    "linear_attention_flop_count",
     "linear_attention_step",
     "multi_head_attention",
     "multi_head_attention_flop_count",

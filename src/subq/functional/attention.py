@@ -43,6 +43,7 @@ from attrs import validators as av
 from subq import _validators as check
 from subq._pytree import pytree_node
 from subq._typing import Bool, Float, Int, Tensor, shapecheck
+from subq.functional.linear_attention import linear_attention, linear_attention_flop_count
 from subq.functional.norm import RMSNormConfig, RMSNormParams, init_rms_norm, l2_norm, rms_norm
 from subq.ops.linear_attention import FEATURE_MAPS
 
@@ -1042,8 +1043,6 @@ def _attend_heads(
         alibi = _alibi_slopes(cfg.num_heads, q.device, q.dtype)
     dropout_p = cfg.dropout_rate if dropout_seed is not None else 0.0
     if cfg.attention_type is AttentionType.LINEAR:
-        from subq.functional.linear_attention import linear_attention
-
         if segment_ids is not None or positions is not None:
             raise ValueError(
                 "attention: attention_type='linear' does not support segment_ids or explicit "
@@ -1218,9 +1217,19 @@ def attention_flop_count(
 def multi_head_attention_flop_count(
     cfg: AttentionConfig, spatial_dims: tuple[int, ...], inference: bool = False
 ) -> int:
-    """Projections plus attention FLOPs of :func:`multi_head_attention` on one sequence."""
+    """Projections plus attention FLOPs of :func:`multi_head_attention` on one sequence (for
+    ``attention_type="linear"``, :func:`~subq.functional.linear_attention.linear_attention_flop_count`)."""
     del inference  # the same work per token in training and prefill
     n, hd = math.prod(spatial_dims), cfg.resolved_head_dim
     qd, kvd = cfg.num_heads * hd, cfg.kv_heads * hd
     proj = 2 * n * cfg.dim * (qd + 2 * kvd) + 2 * n * qd * cfg.dim
+    if cfg.attention_type is AttentionType.LINEAR:
+        return proj + linear_attention_flop_count(
+            cfg.num_heads,
+            hd,
+            n,
+            causal=cfg.causal,
+            chunk_size=cfg.linear_attention_chunk_size,
+            kv_heads=cfg.kv_heads,
+        )
     return proj + attention_flop_count(cfg.num_heads, hd, n, causal=cfg.causal, window=cfg.window)

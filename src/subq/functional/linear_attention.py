@@ -36,6 +36,7 @@ __all__ = [
     "apply_feature_map",
     "init_linear_attention_state",
     "linear_attention",
+    "linear_attention_flop_count",
     "linear_attention_step",
 ]
 
@@ -207,3 +208,28 @@ def linear_attention_step(
     den = torch.einsum("bkgd,bkd->bkg", fq, new.k_sum)[..., None]
     out = normalised(num, den, normalize, eps).reshape(b, heads, 1, dv)
     return out.to(query.dtype), new
+
+
+def linear_attention_flop_count(
+    num_heads: int,
+    head_dim: int,
+    seq_len: int,
+    *,
+    causal: bool = False,
+    chunk_size: int = 64,
+    kv_heads: int | None = None,
+    value_dim: int | None = None,
+) -> int:
+    """FLOPs of the matrix products of :func:`linear_attention` (one multiply-add = 2 FLOPs).
+
+    Per key/value head, the state ``Σ φ(k) vᵀ`` (``2·D·E`` per token); per query head, its
+    read-out (``2·D·E``) and the normaliser ``φ(q)·Σ φ(k)`` (``2·D``). The causal chunked form
+    also computes the full ``c × c`` scores and their product with ``v`` inside each chunk
+    (``2·c·(D + E)`` per token and query head), over ``T`` rounded up to whole chunks. Feature
+    maps, masks and running sums are not counted.
+    """
+    e = head_dim if value_dim is None else value_dim
+    kvh = num_heads if kv_heads is None else kv_heads
+    per_head = head_dim * e + head_dim + (chunk_size * (head_dim + e) if causal else 0)
+    tokens = -(-seq_len // chunk_size) * chunk_size if causal else seq_len
+    return 2 * tokens * (num_heads * per_head + kvh * head_dim * e)
