@@ -113,6 +113,13 @@ def test_padding_mask_past_one_block():
             assert torch.equal(out[1, :, :6], torch.zeros_like(out[1, :, :6])), backend
 
 
+def test_no_keys_gives_zeros_on_every_backend():
+    q, k, v = qkv(t=3, s=0)
+    for backend in BACKENDS:
+        out = attention(q, k, v, backend=backend)
+        assert torch.equal(out, torch.zeros_like(out)), backend
+
+
 def test_general_mask_per_head_and_kv_segments():
     # A per-head [B, heads, T, S] mask exercises the split of heads into (kv_heads, groups).
     t, s = 7, 10

@@ -251,7 +251,8 @@ def _standard(
     qf, kf, vf = q5.to(cd), k.to(cd), v.to(cd)
     scores = (qf.reshape(b, kvh, g * t, d) @ kf.transpose(-1, -2)).view(b, kvh, g, t, s)
     scores = _modified_scores(scores * scale, mods, slice(0, t), slice(0, s))
-    m = scores.amax(-1, keepdim=True)
+    # No keys at all (S = 0, a static shape): every row is empty and returns zeros.
+    m = scores.amax(-1, keepdim=True) if s else scores.new_zeros(b, kvh, g, t, 1)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(scores - m)
     denom = p.sum(-1, keepdim=True)
