@@ -176,3 +176,11 @@ def test_pytree_node_rejects_non_attrs_classes():
 def test_is_params():
     assert is_params(_tree()) and is_params(LeafParams(torch.ones(1)))
     assert not is_params(torch.ones(1)) and not is_params({"weight": torch.ones(1)})
+
+
+def test_unstack_errors_name_each_leaf_and_its_leading_size():
+    ragged = LeafParams(torch.ones(3, 2), torch.ones(2))
+    with pytest.raises(ValueError, match=r"same leading \(stacked\) size, got weight: 3, bias: 2"):
+        unstack_params(ragged)
+    with pytest.raises(ValueError, match=r"got weight: 3, bias: None"):
+        unstack_params(LeafParams(torch.ones(3, 2), torch.tensor(1.0)))

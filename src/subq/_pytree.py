@@ -131,11 +131,17 @@ def stack_params(params: Sequence[T]) -> T:
 
 def unstack_params(params: T) -> list[T]:
     """Inverse of :func:`stack_params`: split the leading axis into a list of pytrees."""
-    leaves, spec = pytree.tree_flatten(params)
+    leaves, spec = pytree.tree_flatten_with_path(params)
     if not leaves:
         return [params]
-    n = leaves[0].shape[0]
-    return [pytree.tree_unflatten([leaf[i] for leaf in leaves], spec) for i in range(n)]
+    sizes = {flat_key(path): leaf.shape[0] if leaf.ndim else None for path, leaf in leaves}
+    if None in sizes.values() or len(set(sizes.values())) != 1:
+        raise ValueError(
+            "unstack_params: every leaf needs the same leading (stacked) size, got "
+            + ", ".join(f"{key}: {n}" for key, n in sizes.items())
+        )
+    n = leaves[0][1].shape[0]
+    return [pytree.tree_unflatten([leaf[i] for _, leaf in leaves], spec) for i in range(n)]
 
 
 def in_dims_like(params: Any, dim: int = 0) -> Any:
