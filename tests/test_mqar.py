@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
 from subq.tasks import IGNORE_INDEX, MQARConfig, make_mqar, mqar_examples
 
@@ -54,17 +56,29 @@ def test_layout_of_each_example(data):
             assert split.targets[i].tolist() == y[pos].tolist()
 
 
-def test_queries_concentrate_near_the_pairs():
-    # p(g) ∝ g^(a−1) with a = 0.01: the first slot is far more likely than the last.
-    cfg = MQARConfig(vocab_size=64, seq_len=64, num_pairs=1, num_train=1, num_test=1)
-    split = mqar_examples(cfg, 4000, torch.Generator().manual_seed(0))
-    gaps = (split.query_positions[:, 0] - 2) // 2
+def _gap_frequencies(cfg: MQARConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Observed counts of each query slot over ``n`` examples, and their expected counts."""
+    split = mqar_examples(cfg, n, torch.Generator().manual_seed(0))
+    gaps = (split.query_positions[:, 0] - 2 * cfg.num_pairs) // 2
     slots = cfg.query_region // 2
     weights = torch.arange(1, slots + 1, dtype=torch.float64) ** (cfg.power_a - 1)
-    expected_first = float(weights[0] / weights.sum())
-    observed_first = float((gaps == 0).double().mean())
-    assert abs(observed_first - expected_first) < 0.03
-    assert float((gaps < slots // 2).double().mean()) > 0.6
+    observed = torch.bincount(gaps, minlength=slots).double()
+    return observed, n * weights / weights.sum()
+
+
+def test_query_gaps_follow_the_power_law():
+    # kv = 1: the single query's slot g (0-based) has p(g) ∝ (g + 1)^(a − 1), a = 0.01. Pearson's
+    # chi-square over the 31 slots must stay below the 0.999 quantile of chi²(30) (59.70): the
+    # seeded sample gives 33.6; against a uniform placement (a = 1) it gives 7964, a = 0.5 1376.
+    cfg = MQARConfig(vocab_size=64, seq_len=64, num_pairs=1, num_train=1, num_test=1)
+    observed, expected = _gap_frequencies(cfg, 4000)
+    assert observed.shape == (31,)
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    assert chi2 < 59.70
+    # The statistic does reject another exponent on this sample.
+    other = attrs.evolve(cfg, power_a=0.5)
+    _, expected_other = _gap_frequencies(other, 4000)
+    assert float(((observed - expected_other) ** 2 / expected_other).sum()) > 59.70
 
 
 def test_train_and_test_do_not_overlap():
@@ -88,16 +102,12 @@ def test_impossible_disjoint_split_is_reported():
 
 def test_deterministic_and_seed_dependent(data):
     again = make_mqar(SMALL)
-    assert torch.equal(again.train.inputs, data.train.inputs)
-    assert torch.equal(again.test.labels, data.test.labels)
-    other = make_mqar(MQARConfig(**{**_fields(SMALL), "seed": 4}))
+    for first, second in ((data.train, again.train), (data.test, again.test)):
+        for a, b in zip(tree_leaves(first), tree_leaves(second), strict=True):
+            assert torch.equal(a, b)
+    other = make_mqar(attrs.evolve(SMALL, seed=4))
     assert not torch.equal(other.train.inputs, data.train.inputs)
-
-
-def _fields(cfg: MQARConfig) -> dict:
-    import attrs
-
-    return attrs.asdict(cfg)
+    assert not torch.equal(other.test.inputs, data.test.inputs)
 
 
 @pytest.mark.parametrize(
@@ -105,6 +115,8 @@ def _fields(cfg: MQARConfig) -> dict:
     [
         ({"seq_len": 15, "num_pairs": 4}, r"4·num_pairs <= seq_len"),
         ({"vocab_size": 8, "num_pairs": 4}, r"vocab_size=8 is too small"),
+        # Odd V: [1, V/2) holds only 3 keys for 4 pairs.
+        ({"vocab_size": 9, "num_pairs": 4}, r"vocab_size=9 is too small .* need vocab_size >= 10"),
         ({"seq_len": 0}, r"seq_len: expected a positive int, got 0"),
         ({"num_pairs": 2.0}, r"num_pairs: expected a positive int"),
         ({"power_a": 0.0}, r"power_a"),
@@ -113,6 +125,16 @@ def _fields(cfg: MQARConfig) -> dict:
 def test_bad_settings_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MQARConfig(**kwargs)
+
+
+def test_smallest_possible_settings_are_accepted():
+    # The bounds of both constraints are inclusive: L = 4·kv and V = 2·kv + 2 generate.
+    cfg = MQARConfig(vocab_size=10, seq_len=16, num_pairs=4, num_train=8, num_test=4)
+    data = make_mqar(cfg)
+    keys = data.train.inputs[:, 0:8:2]
+    assert ((keys >= 1) & (keys < 5)).all() and (keys.sort(dim=1).values.diff(dim=1) > 0).all()
+    # The 4 queries fill all 4 even offsets of the query region, up to position L − 2.
+    assert (data.train.query_positions == torch.tensor([8, 10, 12, 14])).all()
 
 
 def test_to_device_round_trip(data):
