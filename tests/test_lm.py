@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from subq.lazy_config import LazyConfig, from_json, instantiate, to_json
@@ -18,9 +21,9 @@ from subq.models import (
     registered_mixers,
 )
 from subq.models import lm as lm_module
-from subq.tasks import MQARConfig, make_mqar
+from subq.tasks import IGNORE_INDEX, MQARConfig, make_mqar
 from subq.testing import assert_causal, compute_relative_error
-from subq.train import TrainConfig, evaluate, fit, make_optimizer
+from subq.train import TrainConfig, _make_schedule, evaluate, fit, make_optimizer
 
 V, L, D = 32, 16, 16
 
@@ -176,6 +179,69 @@ def test_fit_stops_early(token_mixer):
     assert result.epochs == 1 and result.stopped_early
 
 
+def test_evaluate_scores_only_the_labelled_positions(token_mixer):
+    # evaluate (logits at query positions only) equals the full-sequence loss and accuracy over
+    # the labels, whose every other position is IGNORE_INDEX.
+    task = MQARConfig(vocab_size=V, seq_len=L, num_pairs=3, num_train=8, num_test=40, seed=2)
+    split = make_mqar(task).test
+    model = build_lm(lm_spec(token_mixer, vocab_size=V, width=D, seq_len=L), seed=3).double()
+    loss, acc = evaluate(model, split, batch_size=16)  # batches of 16, 16 and 8
+    with torch.no_grad():
+        logits = model(split.inputs)
+    labels = split.labels
+    expected_loss = F.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
+    )
+    scored = labels != IGNORE_INDEX
+    assert int(scored.sum()) == 40 * 3
+    expected_acc = float((logits.argmax(-1)[scored] == labels[scored]).double().mean())
+    assert abs(loss - float(expected_loss)) < 1e-12
+    assert acc == expected_acc
+
+
+def _learning_rates(schedule: str, total_steps: int = 100, warmup: float = 0.1) -> list[float]:
+    cfg = TrainConfig(lr=1.0, schedule=schedule, warmup=warmup)
+    optimizer = make_optimizer(nn.Linear(2, 2), cfg)
+    scheduler = _make_schedule(optimizer, cfg, total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    rates = _learning_rates("cosine")
+    assert rates[:10] == pytest.approx([(i + 1) / 10 for i in range(10)], abs=1e-12)
+    after = rates[10:]
+    expected = [0.5 * (1 + math.cos(math.pi * i / 90)) for i in range(90)]
+    assert after == pytest.approx(expected, abs=1e-12)
+    assert rates[-1] < 1e-3
+
+
+def test_onecycle_and_constant_schedules():
+    rates = _learning_rates("onecycle", warmup=0.3)
+    peak = max(range(100), key=rates.__getitem__)
+    assert abs(peak - 29) <= 1 and rates[peak] == pytest.approx(1.0, abs=1e-12)
+    assert rates[0] < 0.05 and rates[-1] < 1e-3
+    assert all(a <= b for a, b in itertools.pairwise(rates[: peak + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(rates[peak:]))
+    assert _learning_rates("constant") == [1.0] * 100
+
+
+def test_progress_bar_shows_loss_and_accuracy(token_mixer, capsys):
+    task = MQARConfig(vocab_size=V, seq_len=L, num_pairs=2, num_train=64, num_test=16)
+    model = build_lm(lm_spec(token_mixer, vocab_size=V, width=D, seq_len=L), seed=0)
+    cfg = TrainConfig(epochs=2, batch_size=32, early_stop_acc=None)
+    result = fit(model, make_mqar(task), cfg, progress=True, desc="probe")
+    err = capsys.readouterr().err
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("probe") and "4/4" in final
+    assert f"loss={result.history[-1].train_loss:.3f}" in final
+    assert f"acc={result.test_acc:.3f}" in final and "epoch=2" in final
+
+
 def test_bad_train_settings():
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="linear")
@@ -183,6 +249,8 @@ def test_bad_train_settings():
         TrainConfig(lr=0)
     with pytest.raises(ValueError, match=r"early_stop_acc: expected a number in \[0, 1\]"):
         TrainConfig(early_stop_acc=1.5)
+    with pytest.raises(ValueError, match=r"warmup: expected a number in \[0, 1\], got 1.5$"):
+        TrainConfig(warmup=1.5)
 
 
 def test_spec_is_plain_json():

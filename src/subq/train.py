@@ -52,8 +52,10 @@ class TrainConfig:
     lr: float = attrs.field(default=1e-3, converter=float, validator=check.positive)
     weight_decay: float = attrs.field(default=0.1, converter=float, validator=v.ge(0.0))
     schedule: str = attrs.field(default="cosine", validator=v.in_(SCHEDULES))
-    warmup: float = attrs.field(default=0.1, converter=float, validator=check.optional(check.in_range(0, 1)))
-    early_stop_acc: float | None = attrs.field(default=0.99, validator=check.optional(check.in_range(0, 1)))
+    warmup: float = attrs.field(default=0.1, converter=float, validator=check.in_range(0, 1))
+    early_stop_acc: float | None = attrs.field(
+        default=0.99, validator=check.optional(check.in_range(0, 1))
+    )
     grad_clip: float | None = attrs.field(default=1.0, validator=v.optional(check.positive))
     eval_batch_size: int = attrs.field(default=500, validator=[v.instance_of(int), check.positive])
     seed: int = attrs.field(default=0, validator=v.instance_of(int))
@@ -122,7 +124,9 @@ def _make_schedule(
 
 def _query_loss(model: nn.Module, inputs: Tensor, positions: Tensor, targets: Tensor):
     logits = model(inputs, positions)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    # The loss is reduced in fp32 at least (bf16/fp16 logits are upcast; fp64 stays fp64).
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    loss = F.cross_entropy(logits.flatten(0, 1).to(dtype), targets.flatten())
     return loss, logits
 
 
