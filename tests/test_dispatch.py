@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
+import subq
 from subq.functional.norm import RMSNormConfig, init_rms_norm, rms_norm
-from subq.ops import dispatch
+from subq.ops import capabilities, dispatch
 from subq.ops.capabilities import cuda_supports_quack, module_available, quack_unavailable_reason
 from subq.ops.dispatch import (
     Backend,
@@ -94,8 +99,17 @@ def test_strict_mode_raises_on_fallback(ops_registry):
     facts = {"device": "cpu", "dtype": torch.float32}
     with strict():
         assert is_strict()
-        with pytest.raises(BackendUnavailableError, match="strict dispatch: refusing to fall back"):
+        with pytest.raises(BackendUnavailableError) as info:
             op.decide(facts)
+        # The error is the explanation: the backend it would have fallen back to, and why each
+        # faster one was rejected.
+        assert str(info.value) == (
+            "test_toy: using 'reference'\n"
+            "  not 'fast_cuda': targets cuda, not cpu\n"
+            "  not 'fast_any': dtype torch.float32 is not float16\n"
+            "(strict dispatch: refusing to fall back)"
+        )
+        assert explain("test_toy", dtype=torch.float32).endswith("refusing to fall back)")
         # Not applicable to the device is not a fallback: fp16 on CPU skips fast_cuda silently.
         assert op.decide({"device": "cpu", "dtype": torch.float16}).chosen == "fast_any"
     assert not is_strict()
@@ -145,12 +159,17 @@ def test_unknown_backend_name(ops_registry):
 def test_requested_unavailable_backend(ops_registry):
     op = _op()
     with pytest.raises(
-        BackendUnavailableError, match="backend 'fast_cuda' cannot run: targets cuda, not cpu"
+        BackendUnavailableError,
+        match=r"^test_toy: backend 'fast_cuda' cannot run: targets cuda, not cpu$",
     ):
         op.decide({"device": "cpu", "dtype": torch.float16}, backend="fast_cuda")
     with pytest.raises(
-        BackendUnavailableError, match=r"backend 'fast_any' cannot run: dtype torch\.float32"
+        BackendUnavailableError,
+        match=r"^test_toy: backend 'fast_any' cannot run: dtype torch\.float32 is not float16$",
     ):
+        op.decide({"device": "cpu", "dtype": torch.float32}, backend="fast_any")
+    # Strict mode changes nothing for a forced backend.
+    with strict(), pytest.raises(BackendUnavailableError, match="'fast_any' cannot run"):
         op.decide({"device": "cpu", "dtype": torch.float32}, backend="fast_any")
     # A requested backend that can run is used even where the default would differ.
     assert op.decide({"device": "cpu", "dtype": torch.float16}, backend="reference").chosen == (
@@ -161,7 +180,10 @@ def test_requested_unavailable_backend(ops_registry):
 def test_rms_norm_backend_argument():
     params, x = init_rms_norm(RMSNormConfig(dim=4)), torch.randn(2, 4)
     torch.testing.assert_close(rms_norm(params, x, backend="reference"), rms_norm(params, x))
-    with pytest.raises(BackendUnavailableError, match="backend 'torch' cannot run"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"^rms_norm: backend 'torch' cannot run: targets cuda, not cpu$",
+    ):
         rms_norm(params, x, backend="torch")
     with pytest.raises(ValueError, match="backend must be one of"):
         rms_norm(params, x, backend="nope")
@@ -177,6 +199,26 @@ def test_no_backend_accepts(ops_registry):
 def test_op_needs_a_backend(ops_registry):
     with pytest.raises(ValueError, match="Op 'empty': expected at least one backend, got none"):
         Op("empty", [])
+
+
+def test_op_backend_names_are_unique(ops_registry):
+    twice = [Backend("a", lambda: 1), Backend("b", lambda: 2), Backend("a", lambda: 3)]
+    with pytest.raises(
+        ValueError, match=r"Op 'test_twice': backend names must be unique, got \['a', 'b', 'a'\]"
+    ):
+        Op("test_twice", twice)
+    assert "test_twice" not in dispatch._OPS
+
+
+def test_explain_names_a_missing_fact():
+    with pytest.raises(
+        TypeError,
+        match=r"explain\('rms_norm'\): missing fact 'dtype'; given \['device'\], expected facts "
+        r"such as \['device', 'dtype', 'n', 'weight_ndim'\]",
+    ):
+        explain("rms_norm", device="cuda")
+    with pytest.raises(KeyError, match="unknown op 'nope'"):
+        explain("nope", dtype=torch.float32)
 
 
 def test_registry_lookup():
@@ -220,3 +262,105 @@ def test_module_available_reports_any_import_failure(tmp_path, monkeypatch):
     assert module_available("subq_broken_xyz") == (
         "import subq_broken_xyz failed: RuntimeError: half installed"
     )
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A machine with two NVIDIA GPUs (capability 9.0 and 8.0), quack's imports all working.
+
+    Returns the list of device indices whose capability was queried, to check the caching.
+    """
+    queried: list[int] = []
+    capability = {0: (9, 0), 1: (8, 0)}
+
+    def get_device_capability(index):
+        queried.append(index)
+        return capability[index]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(capabilities, "module_available", lambda name: None)
+    capabilities._quack_reason.cache_clear()
+    yield queried
+    capabilities._quack_reason.cache_clear()
+
+
+def test_quack_capability_per_device_and_cached(fake_cuda, monkeypatch):
+    for device in (0, "cuda:0", torch.device("cuda", 0), "cuda", None):
+        assert quack_unavailable_reason(device) is None
+        assert cuda_supports_quack(device) is True
+    reason = "compute capability 8.0 < 9.0 (quack needs Hopper or newer)"
+    assert quack_unavailable_reason("cuda:1") == reason
+    assert cuda_supports_quack(1) is False
+    assert quack_unavailable_reason(5) == "no CUDA device 5 (this machine has 2)"
+    assert fake_cuda == [0, 1]  # one probe per device, however the device was named
+    # "The current device" is resolved before the cache: switching devices changes the answer.
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert quack_unavailable_reason() == reason
+    assert quack_unavailable_reason("cuda") == reason
+    assert fake_cuda == [0, 1]
+
+
+@pytest.mark.parametrize("missing", ["triton", "cutlass", "quack"])
+def test_quack_needs_triton_cutlass_and_quack(fake_cuda, monkeypatch, missing):
+    def available(name):
+        return f"import {name} failed: ImportError: broken" if name == missing else None
+
+    monkeypatch.setattr(capabilities, "module_available", available)
+    assert quack_unavailable_reason(0) == f"import {missing} failed: ImportError: broken"
+    assert cuda_supports_quack(0) is False
+
+
+def test_quack_refuses_rocm(fake_cuda, monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert quack_unavailable_reason(0) == "ROCm build of PyTorch (quack targets NVIDIA GPUs)"
+    assert fake_cuda == []
+
+
+def test_import_subq_imports_no_optional_dependency(tmp_path):
+    # Stand-ins for the optional packages record which file imports them, then fail like a
+    # missing package (torch itself probes triton, and must keep working). A guarded import in
+    # subq leaves no trace in sys.modules on a machine without triton or quack; this sees it.
+    heavy = ("quack", "triton", "cutlass", "matplotlib")
+    log = tmp_path / "imports.log"
+    stand_in = textwrap.dedent(
+        f"""
+        import importlib, os, traceback
+        machinery = os.path.dirname(importlib.__file__)
+        frames = [f.filename for f in traceback.extract_stack()[:-1]]
+        importer = [f for f in frames if not f.startswith(("<", machinery))][-1]
+        with open({str(log)!r}, "a") as out:
+            out.write(__name__ + " " + importer + "\\n")
+        raise ModuleNotFoundError("stand-in for " + __name__)
+        """
+    )
+    for name in heavy:
+        (tmp_path / f"{name}.py").write_text(stand_in)
+    package = str(Path(subq.__file__).parent)
+
+    def imported_by_subq(snippet: str) -> tuple[list[str], list[str]]:
+        code = f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n{snippet}\n" + (
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+        )
+        log.unlink(missing_ok=True)
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        attempts = log.read_text().splitlines() if log.exists() else []
+        return result.stdout.splitlines(), [a.split()[0] for a in attempts if package in a]
+
+    out, attempts = imported_by_subq(
+        "import torch, subq, subq.ops\n"
+        "subq.ops.registered_ops()\n"  # explain and `subq info` import every op module
+        "print(subq.ops.explain('rms_norm', device='cpu', dtype=torch.float32))"
+    )
+    assert out[0] == "rms_norm: using 'reference'" and out[-1] == "[]"
+    assert attempts == []
+    # The check does see subq's own attempts: the quack probe imports all three.
+    _, attempts = imported_by_subq(
+        "import subq.ops.capabilities as c\n"
+        "print([c.module_available(n) for n in ('triton', 'cutlass', 'quack')])"
+    )
+    assert attempts == ["triton", "cutlass", "quack"]

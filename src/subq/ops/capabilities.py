@@ -22,11 +22,16 @@ def module_available(name: str) -> str | None:
 
 @functools.cache
 def _quack_reason(device_index: int | None) -> str | None:
+    # The caller resolves "the current device" to its index where CUDA is available, so the
+    # answer is cached per device; None reaches here only on a machine without CUDA.
     if not torch.cuda.is_available():
         return "CUDA is not available"
     if torch.version.hip is not None:
         return "ROCm build of PyTorch (quack targets NVIDIA GPUs)"
     index = torch.cuda.current_device() if device_index is None else device_index
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        return f"no CUDA device {index} (this machine has {count})"
     major, minor = torch.cuda.get_device_capability(index)
     if major < 9:
         return f"compute capability {major}.{minor} < 9.0 (quack needs Hopper or newer)"
@@ -41,13 +46,22 @@ def _quack_reason(device_index: int | None) -> str | None:
 # which dynamo cannot trace, so under compile its answer is taken as a constant.
 @torch.compiler.assume_constant_result
 def quack_unavailable_reason(device: torch.device | str | int | None = None) -> str | None:
-    """None if quack kernels can run on ``device``, else why not."""
+    """None if quack kernels can run on ``device``, else why not.
+
+    ``device``: a CUDA device, its index, or None (or ``"cuda"``) for the current CUDA device.
+    """
     if device is None:
-        return _quack_reason(None)
-    device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        device = torch.device("cuda")
+    elif isinstance(device, int):
+        device = torch.device("cuda", device)
+    else:
+        device = torch.device(device)
     if device.type != "cuda":
         return f"device type is {device.type}, not cuda"
-    return _quack_reason(device.index)
+    index = device.index
+    if index is None and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+    return _quack_reason(index)
 
 
 def cuda_supports_quack(device: torch.device | str | int | None = None) -> bool:

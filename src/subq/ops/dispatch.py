@@ -6,7 +6,7 @@ reason why not. Facts are static (device, dtype, shapes, flags), never tensor va
 costs a few Python comparisons and is traced away by ``torch.compile``.
 
 A backend that is *not applicable* to the device type (a CUDA kernel asked about a CPU tensor) is
-skipped silently. A backend that *applies* but is rejected (quack not installed, wrong compute
+passed over without counting as a fallback (explanations still list it). A backend that *applies* but is rejected (quack not installed, wrong compute
 capability, unsupported dtype) is a fallback: in strict mode (``subq.ops.strict()`` or
 ``SUBQ_STRICT_DISPATCH=1``) a fallback raises :class:`BackendUnavailableError` instead.
 Asking for a backend by name that cannot run always raises.
@@ -83,7 +83,7 @@ def strict(enabled: bool = True) -> Iterator[None]:
 
 
 class Decision(NamedTuple):
-    """The outcome of a dispatch: the chosen backend and why each other one was passed over."""
+    """The outcome of a dispatch: the chosen backend and why each backend ahead of it was passed over."""
 
     # A NamedTuple, not a frozen attrs class: dispatch runs inside torch.compile regions.
     op: str
@@ -105,6 +105,9 @@ class Op:
         """``example_facts``: typical op-specific facts, used by ``subq info`` to explain."""
         if not backends:
             raise ValueError(f"Op {name!r}: expected at least one backend, got none")
+        names = [b.name for b in backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Op {name!r}: backend names must be unique, got {names}")
         self.name = name
         self.backends = backends
         self.example_facts = dict(example_facts or {})
@@ -173,7 +176,11 @@ def registered_ops() -> dict[str, Op]:
 
 
 def explain(op: str, **facts: Any) -> str:
-    """Say which backend ``op`` would use for ``facts`` and why the others were passed over.
+    """Say which backend ``op`` would use for ``facts`` and why the ones ahead of it were passed over.
+
+    ``device`` defaults to ``"cpu"``; the other facts an op's backends read (``dtype``, sizes,
+    flags; ``get_op(op).example_facts`` shows typical ones) must be given, or a ``TypeError``
+    names the missing one.
 
     Example:
         >>> import torch
@@ -183,10 +190,16 @@ def explain(op: str, **facts: Any) -> str:
           not 'torch': targets cuda, not cpu
     """
     facts.setdefault("device", "cpu")
+    the_op = get_op(op)
     try:
-        return str(get_op(op).decide(facts))
+        return str(the_op.decide(facts))
     except BackendUnavailableError as err:
         return str(err)
+    except KeyError as err:
+        raise TypeError(
+            f"explain({op!r}): missing fact {err.args[0]!r}; given {sorted(facts)}, "
+            f"expected facts such as {sorted({'device', 'dtype', *the_op.example_facts})}"
+        ) from None
 
 
 def _load_all_ops() -> None:
