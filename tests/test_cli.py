@@ -23,6 +23,9 @@ def _run(capsys, *argv):
         (["demo", "--pairs", "0"], "argument --pairs: expected a positive integer, got '0'"),
         (["demo", "--seq-len", "abc"], "argument --seq-len: expected a positive integer"),
         (["demo", "--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+        (["demo", "--lr", "fast"], "argument --lr: expected a positive number, got 'fast'"),
+        (["demo", "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+        (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
         (["demo", "--mixers"], "argument --mixers: expected at least one argument"),
         (["demo", "--bogus"], "unrecognized arguments: --bogus"),
         (["bench", "--only"], "argument --only: expected at least one argument"),
@@ -41,6 +44,11 @@ def test_argument_errors_exit_2_with_a_message(capsys, argv, match):
         (["--seq-len", "16", "--pairs", "5"], "4·num_pairs <= seq_len"),
         (["--vocab-size", "6", "--pairs", "3"], "vocab_size=6 is too small"),
         (["--mixers", "attention", "nope"], "unknown mixer 'nope'; registered mixers are"),
+        (["--mixers", "hyena", "hyena"], "DemoConfig.mixers: names must be distinct"),
+        (
+            ["--vocab-size", "6", "--pairs", "2", "--seq-len", "8", "--test-examples", "500"],
+            "could not draw num_train=1000 training sequences disjoint",
+        ),
     ],
 )
 def test_bad_demo_settings_are_rejected_before_training(capsys, tmp_path, argv, match):
@@ -96,3 +104,16 @@ def test_demo_command_runs_and_writes_results(capsys, tmp_path):
 def test_demo_command_rejects_an_unavailable_device(capsys, tmp_path):
     code, _, err = _run(capsys, "demo", "--quick", "--device", "nodevice", "--out", str(tmp_path))
     assert code == 2 and "device" in err
+
+
+def test_demo_command_does_not_hide_a_failure_during_training(monkeypatch, tmp_path):
+    # Only bad settings are usage errors (exit 2, one line); a ValueError raised while training
+    # is a fault and propagates with its traceback.
+    import subq.demo
+
+    def broken_fit(*args, **kwargs):
+        raise ValueError("fault inside training")
+
+    monkeypatch.setattr(subq.demo, "fit", broken_fit)
+    with pytest.raises(ValueError, match="fault inside training"):
+        cli.main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "out")])

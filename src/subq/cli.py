@@ -59,8 +59,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Compare mixers on MQAR; write results.json, configs and a plot into ``--out``."""
-    from subq.demo import DemoConfig, run_demo
+    from subq.demo import DemoConfig, DemoSettingsError, run_demo
 
+    # Bad settings are found before any training and reported as a usage error; an error raised
+    # while training is a fault, and keeps its traceback.
     try:
         cfg = DemoConfig(
             mixers=tuple(args.mixers),
@@ -79,9 +81,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             threads=args.threads,
             quick=args.quick,
         )
-        run_demo(cfg, args.out, progress=not args.no_progress)
     except ValueError as err:
-        # Bad settings are found before any training: report them as a usage error.
+        print(f"subq demo: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run_demo(cfg, args.out, progress=not args.no_progress)
+    except DemoSettingsError as err:
         print(f"subq demo: error: {err}", file=sys.stderr)
         return 2
     return 0

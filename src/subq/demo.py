@@ -25,10 +25,17 @@ from attrs import validators as v
 from subq import _validators as check
 from subq.lazy_config import to_json
 from subq.models.lm import build_lm, check_mixer_names, lm_spec
-from subq.tasks.mqar import MQARConfig, make_mqar
+from subq.tasks.mqar import MQARConfig, MQARData, make_mqar
 from subq.train import TrainConfig, fit
 
-__all__ = ["DEFAULT_MIXERS", "REFERENCE_ACCURACY", "DemoConfig", "reference_accuracy", "run_demo"]
+__all__ = [
+    "DEFAULT_MIXERS",
+    "REFERENCE_ACCURACY",
+    "DemoConfig",
+    "DemoSettingsError",
+    "reference_accuracy",
+    "run_demo",
+]
 
 DEFAULT_MIXERS = ("attention", "hyena")
 
@@ -92,7 +99,7 @@ class DemoConfig:
     num_train: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
     num_test: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
     batch_size: int = attrs.field(default=128, validator=check.positive_int)
-    lr: float = attrs.field(default=1e-2, converter=float)
+    lr: float = attrs.field(default=1e-2, converter=float, validator=check.positive)
     seed: int = attrs.field(default=0, validator=v.instance_of(int))
     device: str | None = attrs.field(default=None)
     threads: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
@@ -128,6 +135,10 @@ class DemoConfig:
         )
 
 
+class DemoSettingsError(ValueError):
+    """Settings of a demo run that cannot work, found before anything is written or trained."""
+
+
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,8 +148,15 @@ def _device(name: str | None) -> torch.device:
         raise ValueError(
             f"device: expected a torch device such as 'cpu' or 'cuda', got {name!r}"
         ) from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} was asked for but CUDA is not available here")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} was asked for but CUDA is not available here")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device: {name!r} was asked for but this machine has {count} CUDA device"
+                f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
+            )
     return device
 
 
@@ -203,32 +221,39 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train one model per mixer on MQAR, print the table, and write the results into ``out``.
 
-    Every setting is checked before any training: an impossible task or an unknown mixer raises
-    ``ValueError`` at once.
+    Every setting is checked, and the data generated, before anything is written or trained: an
+    impossible task (``4·kv > L``, a vocabulary too small, too few distinct sequences for
+    disjoint splits), an unknown mixer or an unavailable device raises
+    :class:`DemoSettingsError` (a ``ValueError``) and leaves ``out`` untouched.
 
     Returns:
         The content of ``results.json``.
     """
-    task, training = cfg.task(), cfg.training()
-    check_mixer_names(cfg.mixers, where="mixers")
-    device = _device(cfg.device)
-    specs = {
-        name: lm_spec(
-            name,
-            vocab_size=cfg.vocab_size,
-            width=cfg.width,
-            num_layers=cfg.num_layers,
-            seq_len=cfg.seq_len,
-        )
-        for name in cfg.mixers
-    }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, specs, task, training, device, out, progress, log)
+        try:
+            task, training = cfg.task(), cfg.training()
+            check_mixer_names(cfg.mixers, where="mixers")
+            device = _device(cfg.device)
+            specs = {
+                name: lm_spec(
+                    name,
+                    vocab_size=cfg.vocab_size,
+                    width=cfg.width,
+                    num_layers=cfg.num_layers,
+                    seq_len=cfg.seq_len,
+                )
+                for name in cfg.mixers
+            }
+            data = make_mqar(task)
+        except ValueError as err:
+            raise DemoSettingsError(str(err)) from err
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return _run(cfg, specs, data, training, device, out, progress, log, started)
     finally:
         torch.set_num_threads(threads)
 
@@ -236,15 +261,15 @@ def run_demo(
 def _run(
     cfg: DemoConfig,
     specs: dict[str, dict[str, Any]],
-    task: MQARConfig,
+    data: MQARData,
     training: TrainConfig,
     device: torch.device,
     out: Path,
     progress: bool,
     log: Callable[[str], None],
+    started: float,
 ) -> dict[str, Any]:
-    started = time.perf_counter()
-    data = make_mqar(task)
+    task = data.config
     log(
         f"MQAR: V={task.vocab_size} L={task.seq_len} kv={task.num_pairs}, "
         f"{task.num_train} train / {task.num_test} test examples; width {cfg.width}, "
@@ -297,6 +322,9 @@ def _run(
     summary = {
         "task": "MQAR",
         "settings": {**attrs.asdict(cfg), "device": str(device)},
+        # The settings resolved (the defaults of ``quick`` or of a full run filled in).
+        "task_config": attrs.asdict(task),
+        "train_config": attrs.asdict(training),
         "results": results,
         "reference": "Zoology (Arora et al., 2023), fig. 2: MQAR accuracy of 2-layer models",
         "total_wall_s": time.perf_counter() - started,
@@ -312,14 +340,14 @@ def _run(
         f"MQAR V={task.vocab_size} L={task.seq_len} kv={task.num_pairs}, d={cfg.width}, "
         f"{cfg.num_layers} layers (dotted: Zoology)"
     )
+    written = "results.json, config_*.json"
     try:
         plot_accuracy(results, out / "accuracy.png", title)
+        written += ", accuracy.png"
     except ImportError:  # matplotlib is optional (extra "demo")
         log("matplotlib is not installed: no accuracy.png (pip install matplotlib)")
     log("")
     log(format_table(results))
-    log(
-        f"\nwrote {out}/results.json, config_*.json, accuracy.png  ({summary['total_wall_s']:.0f} s)"
-    )
+    log(f"\nwrote {written} into {out}  ({summary['total_wall_s']:.0f} s)")
     sys.stdout.flush()
     return summary

@@ -9,7 +9,8 @@ The model is described by a :mod:`subq.lazy_config` spec (:func:`lm_spec`), so t
 configuration of a run is plain JSON that rebuilds the same model with
 ``instantiate(spec)``. Mixers are chosen by name from a registry: a builder registered with
 :func:`register_mixer` returns the spec of one mixer layer for a model width and sequence length,
-so a new mixer joins every model, the demo and the CLI by registering.
+so a new mixer joins every model and the demo by registering (the ``subq demo`` command sees
+the mixers registered when this module is imported).
 """
 
 from __future__ import annotations
