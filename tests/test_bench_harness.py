@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -38,16 +39,36 @@ def test_benchmark_measures_wall_clock_on_cpu():
     assert 9.0 <= t.median_ms < 200.0
 
 
-@pytest.mark.parametrize("kwargs", [{"inputs": []}, {"inputs": [()], "reps": 0}])
-def test_benchmark_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match="benchmark"):
-        benchmark(lambda: None, **kwargs)
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"inputs": []}, ValueError, r"benchmark: inputs must hold at least one argument tuple"),
+        (
+            {"inputs": [()], "reps": 0},
+            ValueError,
+            r"expected reps >= 1 and warmup >= 0, got reps=0",
+        ),
+        ({"inputs": [()], "warmup": -1}, ValueError, r"got reps=30, warmup=-1"),
+        (
+            {"inputs": [(), torch.ones(2)]},
+            TypeError,
+            r"inputs must be a list of argument tuples, got inputs\[1\] of type Tensor",
+        ),
+    ],
+)
+def test_benchmark_rejects_bad_arguments(kwargs, error, message):
+    calls = []
+    with pytest.raises(error, match=message):
+        benchmark(lambda *a: calls.append(a), **kwargs)
+    assert calls == []  # refused before any call
 
 
 def test_copy_bandwidth_is_positive_and_cached():
     bw = copy_bandwidth("cpu", nbytes=2**20)
     assert bw > 0
     assert copy_bandwidth("cpu", nbytes=2**20) == bw
+    with pytest.raises(ValueError, match="copy_bandwidth: nbytes must be positive, got 0"):
+        copy_bandwidth("cpu", nbytes=0)
 
 
 def test_rotation_count_on_cpu_is_one_and_validates():
@@ -118,3 +139,70 @@ def test_main_lists_benchmarks(capsys):
 
     assert main(["--list"]) == 0
     assert "rms_norm" in capsys.readouterr().out.split()
+
+
+@pytest.fixture
+def tiny_benchmark():
+    calls = []
+
+    @register_benchmark("_test_tiny")
+    def tiny(device, quick):
+        calls.append((device, quick))
+        t = benchmark(torch.add, [(torch.ones(4), torch.ones(4))], warmup=0, reps=2)
+        return [{"impl": "add", "ms": t.median_ms}, {"bench": "_test_tiny_extra", "impl": "x"}]
+
+    yield calls
+    del harness._BENCHMARKS["_test_tiny"]
+
+
+def test_main_runs_prints_and_writes_json(tiny_benchmark, tmp_path, capsys):
+    from subq.bench.__main__ import main
+
+    out = tmp_path / "results"
+    assert main(["--only", "_test_tiny", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    assert tiny_benchmark == [(torch.device("cpu"), True)]
+    text = capsys.readouterr().out
+    assert "== _test_tiny ==" in text and "== _test_tiny_extra ==" in text
+    assert [p.name for p in out.iterdir()] == ["_test_tiny.json"]
+    data = json.loads((out / "_test_tiny.json").read_text())
+    assert data["meta"]["bench"] == "_test_tiny" and data["meta"]["quick"] is True
+    assert data["meta"]["device"] == "cpu"
+    # A row without a bench name gets the benchmark's; a row's own name is kept.
+    assert [(r["bench"], r["impl"]) for r in data["rows"]] == [
+        ("_test_tiny", "add"),
+        ("_test_tiny_extra", "x"),
+    ]
+    assert data["rows"][0]["ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--only", "_test_tiny", "nope"], r"argument --only: unknown benchmark\(s\) \['nope'\]; "),
+        (["--device", "nodevice"], r"argument --device: 'nodevice' is not a torch device"),
+        (["--out", "FILE"], r"argument --out: '.*FILE' exists and is not a directory"),
+        (["--quick", "--bogus"], r"unrecognized arguments: --bogus"),
+    ],
+)
+def test_main_rejects_bad_arguments(tiny_benchmark, tmp_path, capsys, argv, message):
+    from subq.bench.__main__ import main
+
+    (tmp_path / "FILE").write_text("")
+    argv = [str(tmp_path / "FILE") if a == "FILE" else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert tiny_benchmark == []  # nothing ran
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_main_refuses_cuda_without_cuda(tiny_benchmark, capsys):
+    from subq.bench.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--only", "_test_tiny", "--device", "cuda"])
+    assert "argument --device: 'cuda', but CUDA is not available here" in capsys.readouterr().err
+    assert tiny_benchmark == []

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+import torch
 
 from subq.bench.harness import registered_benchmarks, run_benchmarks
 
@@ -19,6 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(sorted(registered_benchmarks())))
         return 0
+    if args.only:
+        known = registered_benchmarks()
+        unknown = [name for name in args.only if name not in known]
+        if unknown:
+            parser.error(
+                f"argument --only: unknown benchmark(s) {unknown}; choose from {sorted(known)}"
+            )
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as err:
+            parser.error(f"argument --device: {args.device!r} is not a torch device ({err})")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"argument --device: {args.device!r}, but CUDA is not available here")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"argument --out: {args.out!r} exists and is not a directory")
     rows = run_benchmarks(args.only, device=args.device, out_dir=args.out, quick=args.quick)
     return 0 if rows else 1
 

@@ -100,6 +100,13 @@ def benchmark(
     """
     if not inputs:
         raise ValueError("benchmark: inputs must hold at least one argument tuple, got []")
+    for i, args in enumerate(inputs):
+        if not isinstance(args, tuple):
+            # A bare tensor would be unpacked along its first axis, silently.
+            raise TypeError(
+                f"benchmark: inputs must be a list of argument tuples, got inputs[{i}] of type "
+                f"{type(args).__name__}"
+            )
     if reps < 1 or warmup < 0:
         raise ValueError(f"benchmark: expected reps >= 1 and warmup >= 0, got {reps=}, {warmup=}")
     device = torch.device(device) if device is not None else _first_device(inputs)
@@ -162,6 +169,8 @@ def copy_bandwidth(device: torch.device | str, nbytes: int = 2**30) -> float:
     fill "fraction of copy" columns in smoke runs). Cached per device and size for the process, so
     every benchmark in one run divides by the same figure.
     """
+    if nbytes <= 0:
+        raise ValueError(f"copy_bandwidth: nbytes must be positive, got {nbytes}")
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
