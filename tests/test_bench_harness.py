@@ -12,6 +12,7 @@ import torch
 from subq.bench import harness
 from subq.bench.harness import (
     Timing,
+    bandwidth_columns,
     benchmark,
     copy_bandwidth,
     print_table,
@@ -69,6 +70,18 @@ def test_copy_bandwidth_is_positive_and_cached():
     assert copy_bandwidth("cpu", nbytes=2**20) == bw
     with pytest.raises(ValueError, match="copy_bandwidth: nbytes must be positive, got 0"):
         copy_bandwidth("cpu", nbytes=0)
+
+
+def test_bandwidth_columns():
+    timing = Timing(median_ms=2.0, p10_ms=1.5, p90_ms=3.0, reps=5)
+    # 4 GB in 2 ms is 2 TB/s, half of a 4 TB/s copy.
+    assert bandwidth_columns(timing, 4 * 10**9, copy_bw=4e12) == {
+        "ms": 2.0,
+        "p10_ms": 1.5,
+        "p90_ms": 3.0,
+        "TB/s": 2.0,
+        "frac_copy": 0.5,
+    }
 
 
 def test_rotation_count_on_cpu_is_one_and_validates():

@@ -26,6 +26,7 @@ import torch
 
 __all__ = [
     "Timing",
+    "bandwidth_columns",
     "benchmark",
     "copy_bandwidth",
     "device_info",
@@ -138,6 +139,19 @@ def benchmark(
         p90_ms=_quantile(times, 0.9),
         reps=reps,
     )
+
+
+def bandwidth_columns(timing: Timing, nbytes: int, copy_bw: float) -> dict[str, float]:
+    """A row's timing columns: median and percentiles, effective TB/s of ``nbytes`` per call,
+    and that bandwidth as a fraction of ``copy_bw`` (bytes/s, from :func:`copy_bandwidth`)."""
+    rate = nbytes / (timing.median_ms * 1e-3)
+    return {
+        "ms": timing.median_ms,
+        "p10_ms": timing.p10_ms,
+        "p90_ms": timing.p90_ms,
+        "TB/s": rate / 1e12,
+        "frac_copy": rate / copy_bw,
+    }
 
 
 def tensor_bytes(*tensors: torch.Tensor | None) -> int:

@@ -22,7 +22,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from subq.bench.harness import benchmark, copy_bandwidth, register_benchmark, rotation_count
+from subq.bench.harness import (
+    bandwidth_columns,
+    benchmark,
+    copy_bandwidth,
+    register_benchmark,
+    rotation_count,
+)
 from subq.functional.norm import LayerNormParams, RMSNormParams, layer_norm, rms_norm
 from subq.ops.capabilities import quack_unavailable_reason
 from subq.ops.norm import layer_norm_op, layer_norm_reference, rms_norm_op, rms_norm_reference
@@ -157,17 +163,12 @@ def _run(
                 else:
                     t = benchmark(fn, inputs, warmup=warmup, reps=reps)
                 results[(name, mode)] = t.median_ms
-                rate = nbytes / (t.median_ms * 1e-3)
                 size_rows.append(
                     {
                         "mode": mode,
                         "shape": [rows_m, n],
                         "impl": name + (f" ({decision})" if name == "subq" else ""),
-                        "ms": t.median_ms,
-                        "p10_ms": t.p10_ms,
-                        "p90_ms": t.p90_ms,
-                        "TB/s": rate / 1e12,
-                        "frac_copy": rate / copy_bw,
+                        **bandwidth_columns(t, nbytes, copy_bw),
                         "rel_err": e,
                     }
                 )

@@ -24,7 +24,13 @@ from typing import Any
 
 import torch
 
-from subq.bench.harness import benchmark, copy_bandwidth, register_benchmark, rotation_count
+from subq.bench.harness import (
+    bandwidth_columns,
+    benchmark,
+    copy_bandwidth,
+    register_benchmark,
+    rotation_count,
+)
 from subq.functional.rope import RopeCache, apply_rope_qk, rope_cache
 from subq.ops import rope as rope_ops
 from subq.testing import compute_relative_error
@@ -148,17 +154,12 @@ def _kernel_only_row(layout, mode, shape, args, backward, nbytes, copy_bw) -> di
     with torch.cuda.graph(graph):
         launches()
     timing = benchmark(graph.replay, [()], warmup=3, reps=30, device=q.device)
-    tbps = nbytes / (timing.median_ms * 1e-3)
     return {
         "layout": layout,
         "mode": mode,
         "impl": "subq kernels only (CUDA graph)",
         "shape": list(shape),
-        "ms": timing.median_ms,
-        "p10_ms": timing.p10_ms,
-        "p90_ms": timing.p90_ms,
-        "TB/s": tbps / 1e12,
-        "frac_copy": tbps / copy_bw,
+        **bandwidth_columns(timing, nbytes, copy_bw),
         "rel_err": None,  # same kernels as the checked "subq" row
     }
 
@@ -196,18 +197,13 @@ def rope_benchmark(device: torch.device, quick: bool) -> list[dict[str, Any]]:
                 runner = _fwd_bwd(fn) if backward else _fwd(fn)
                 timing = benchmark(runner, sets, warmup=warmup, reps=reps)
                 results[name] = timing.median_ms
-                tbps = nbytes / (timing.median_ms * 1e-3)
                 rows.append(
                     {
                         "layout": layout,
                         "mode": mode,
                         "impl": name + (f" [{subq_backend}]" if name == "subq" else ""),
                         "shape": list(shape),
-                        "ms": timing.median_ms,
-                        "p10_ms": timing.p10_ms,
-                        "p90_ms": timing.p90_ms,
-                        "TB/s": tbps / 1e12,
-                        "frac_copy": tbps / copy_bw,
+                        **bandwidth_columns(timing, nbytes, copy_bw),
                         "rel_err": err,
                     }
                 )
