@@ -139,6 +139,27 @@ def test_children_replace_generic_holders():
     assert shell.params().norm.weight is norm.weight
 
 
+def test_children_must_be_shells_for_existing_fields():
+    params = BlockParams(norm=RMSNormParams(torch.ones(4)), proj=torch.eye(4))
+    with pytest.raises(
+        ValueError,
+        match=r"ParamsHolder: children must name fields of BlockParams "
+        r"\['norm', 'proj', 'bias', 'index'\], got \['nrom'\]",
+    ):
+        ParamsHolder(params, children={"nrom": RMSNorm(dim=4)})
+    with pytest.raises(
+        TypeError,
+        match=r"children\['norm'\] must be a Shell \(its params\(\) fills the field\), "
+        r"got Identity",
+    ):
+        ParamsHolder(params, children={"norm": torch.nn.Identity()})
+
+
+def test_complex_leaves_are_trainable():
+    params = BlockParams(norm=RMSNormParams(), proj=torch.ones(2, 2, dtype=torch.complex64))
+    assert ParamsHolder(params).proj.requires_grad
+
+
 def test_bfloat16_move_then_forward():
     for shell, fn in (
         (RMSNorm(RMSNormConfig(dim=8)), rms_norm),

@@ -39,6 +39,18 @@ class Shell(nn.Module):
         self._params_cls = type(params)
         self._field_names = tuple(f.name for f in attrs.fields(type(params)))
         children = children or {}
+        unknown = sorted(set(children) - set(self._field_names))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: children must name fields of {type(params).__name__} "
+                f"{list(self._field_names)}, got {unknown}"
+            )
+        for name, child in children.items():
+            if not isinstance(child, Shell):
+                raise TypeError(
+                    f"{type(self).__name__}: children[{name!r}] must be a Shell (its params() "
+                    f"fills the field), got {type(child).__name__}"
+                )
         for name in self._field_names:
             if name in children:
                 self.add_module(name, children[name])
@@ -50,7 +62,8 @@ class Shell(nn.Module):
                 self.register_parameter(
                     name,
                     nn.Parameter(
-                        value.detach().clone(), requires_grad=value.dtype.is_floating_point
+                        value.detach().clone(),
+                        requires_grad=value.dtype.is_floating_point or value.dtype.is_complex,
                     ),
                 )
             elif is_params(value):
