@@ -364,3 +364,52 @@ def test_import_subq_imports_no_optional_dependency(tmp_path):
         "print([c.module_available(n) for n in ('triton', 'cutlass', 'quack')])"
     )
     assert attempts == ["triton", "cutlass", "quack"]
+
+
+# --- the compiled backends' helpers ----------------------------------------------------------
+
+
+def test_compiled_check_reasons(monkeypatch):
+    from subq.ops import _compile
+
+    monkeypatch.setattr(_compile, "module_available", lambda name: None)
+    facts = {"device": "cuda", "dtype": torch.bfloat16}
+    assert _compile.compiled_check(facts) is None
+    assert _compile.compiled_check(facts | {"dtype": torch.float64}) == (
+        "dtype torch.float64 (the compiled path is for float16/bfloat16/float32)"
+    )
+    monkeypatch.setattr(_compile, "module_available", lambda name: f"import {name} failed: X")
+    assert _compile.compiled_check(facts) == "import triton failed: X"
+
+
+def test_compiled_for_caches_per_signature_and_steps_aside_under_transforms(monkeypatch):
+    from subq.ops import _compile
+
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append((fn, kwargs))
+        return lambda *a: ("compiled", fn(*a))
+
+    def double(x):
+        return 2 * x
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(_compile, "_COMPILED", {})
+    x = torch.ones(3)
+    key = _compile.tensor_signature(x, None)
+    assert key == (((3,), torch.float32, torch.device("cpu"), False), None)
+    first = _compile.compiled_for("test_double", double, key)
+    assert first is _compile.compiled_for("test_double", double, key)
+    other = _compile.compiled_for("test_double", double, _compile.tensor_signature(x[:2]))
+    assert other is not first
+    assert first(x)[0] == "compiled" and torch.equal(first(x)[1], 2 * x)
+    # Each signature compiles its own copy of the code (dynamo's recompile limit is per code).
+    assert [kw for _, kw in compiled] == [{"fullgraph": True, "dynamic": False}] * 2
+    assert compiled[0][0] is not double and compiled[0][0].__code__ is not double.__code__
+    # Under torch.func transforms the plain function runs.
+    seen = []
+    torch.func.vmap(lambda t: seen.append(_compile.compiled_for("test_double", double, key)) or t)(
+        torch.ones(2, 3)
+    )
+    assert seen == [double]
