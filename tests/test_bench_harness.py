@@ -127,6 +127,17 @@ def test_write_json_round_trips(tmp_path):
     assert data == {"meta": {"device": "cpu"}, "rows": rows}
 
 
+def test_write_json_is_strict_json_with_null_for_non_finite(tmp_path):
+    rows = [{"impl": "a", "ratio": float("nan"), "nested": [float("inf"), 2.0]}]
+    text = write_json(rows, tmp_path / "r.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"non-JSON constant {constant}")
+
+    data = json.loads(text, parse_constant=refuse)
+    assert data["rows"] == [{"impl": "a", "ratio": None, "nested": [None, 2.0]}]
+
+
 def test_run_benchmarks_rms_norm_quick_on_cpu(tmp_path, capsys):
     rows = run_benchmarks(["rms_norm"], device="cpu", out_dir=tmp_path, quick=True)
     impls = {r["impl"] for r in rows}

@@ -296,11 +296,26 @@ def print_table(rows: Sequence[dict[str, Any]], file: Any = None) -> None:
 
 
 def write_json(rows: Sequence[dict[str, Any]], path: str | Path, meta: dict | None = None) -> Path:
-    """Write ``{"meta": meta, "rows": rows}`` as JSON to ``path`` (parents created)."""
+    """Write ``{"meta": meta, "rows": rows}`` as strict JSON to ``path`` (parents created).
+
+    Non-finite floats (a ratio with no peer in the run) are written as ``null``: ``NaN`` is not
+    JSON and strict parsers reject it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta or {}, "rows": list(rows)}, indent=1) + "\n")
+    doc = _finite_or_none({"meta": meta or {}, "rows": list(rows)})
+    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     return path
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def run_benchmarks(
