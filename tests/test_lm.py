@@ -251,6 +251,8 @@ def test_bad_train_settings():
         TrainConfig(early_stop_acc=1.5)
     with pytest.raises(ValueError, match=r"warmup: expected a number in \[0, 1\], got 1.5$"):
         TrainConfig(warmup=1.5)
+    with pytest.raises(ValueError, match=r"TrainConfig\.seed: expected an int, got False"):
+        TrainConfig(seed=False)
 
 
 def test_spec_is_plain_json():

@@ -120,6 +120,7 @@ def test_deterministic_and_seed_dependent(data):
         ({"seq_len": 0}, r"seq_len: expected a positive int, got 0"),
         ({"num_pairs": 2.0}, r"num_pairs: expected a positive int"),
         ({"power_a": 0.0}, r"power_a"),
+        ({"seed": True}, r"MQARConfig\.seed: expected an int, got True"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, match):

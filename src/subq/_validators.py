@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["in_range", "one_of", "optional", "positive", "positive_int"]
+__all__ = ["an_int", "in_range", "one_of", "optional", "positive", "positive_int"]
 
 
 def _fail(instance: object, attribute: attrs.Attribute, expected: str, value: object) -> None:
@@ -20,6 +20,12 @@ def _fail(instance: object, attribute: attrs.Attribute, expected: str, value: ob
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def an_int(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    """An ``int`` (not a ``bool``), e.g. a seed."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(instance, attribute, "an int", value)
 
 
 def positive_int(instance: object, attribute: attrs.Attribute, value: object) -> None:

@@ -100,7 +100,7 @@ class DemoConfig:
     num_test: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
     batch_size: int = attrs.field(default=128, validator=check.positive_int)
     lr: float = attrs.field(default=1e-2, converter=float, validator=check.positive)
-    seed: int = attrs.field(default=0, validator=v.instance_of(int))
+    seed: int = attrs.field(default=0, validator=check.an_int)
     device: str | None = attrs.field(default=None)
     threads: int | None = attrs.field(default=None, validator=v.optional(check.positive_int))
     quick: bool = attrs.field(default=False, validator=v.instance_of(bool))

@@ -58,7 +58,7 @@ class TrainConfig:
     )
     grad_clip: float | None = attrs.field(default=1.0, validator=v.optional(check.positive))
     eval_batch_size: int = attrs.field(default=500, validator=[v.instance_of(int), check.positive])
-    seed: int = attrs.field(default=0, validator=v.instance_of(int))
+    seed: int = attrs.field(default=0, validator=check.an_int)
 
 
 @attrs.frozen

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import attrs
 import torch
-from attrs import validators as v
 from torch import Tensor
 
 from subq import _validators as check
@@ -56,7 +55,7 @@ class MQARConfig:
     num_train: int = attrs.field(default=20_000, validator=check.positive_int)
     num_test: int = attrs.field(default=1_000, validator=check.positive_int)
     power_a: float = attrs.field(default=0.01, converter=float, validator=check.in_range(0, 1, low_open=True))
-    seed: int = attrs.field(default=0, validator=v.instance_of(int))
+    seed: int = attrs.field(default=0, validator=check.an_int)
 
     def __attrs_post_init__(self) -> None:
         kv, length, vocab = self.num_pairs, self.seq_len, self.vocab_size
