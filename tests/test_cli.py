@@ -69,9 +69,26 @@ def test_help_lists_the_commands(capsys):
 
 
 def test_bench_unknown_name_lists_the_registered_ones(capsys):
-    code, _, err = _run(capsys, "bench", "--only", "no_such_bench", "--quick", "--device", "cpu")
-    assert code == 2
-    assert "no_such_bench" in err and "names must be among" in err
+    # Checked before anything runs, as a usage error of `subq bench` (same checks as
+    # `python -m subq.bench`).
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--only", "no_such_bench", "--quick", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "subq bench: error: argument --only: unknown benchmark(s) ['no_such_bench']" in err
+    assert "'rms_norm'" in err
+
+
+def test_bench_device_and_out_are_checked_before_running(capsys, tmp_path):
+    afile = tmp_path / "a_file"
+    afile.write_text("")
+    for argv, message in (
+        (["--device", "nonsense:0"], "argument --device: 'nonsense:0' is not a torch device"),
+        (["--out", str(afile)], "exists and is not a directory"),
+    ):
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "--only", "rms_norm", "--quick", *argv])
+        assert message in capsys.readouterr().err
 
 
 def test_bench_list_and_one_quick_benchmark(capsys, tmp_path):

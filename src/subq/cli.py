@@ -94,17 +94,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the registered benchmarks (``subq.bench``), print the table, write JSON."""
-    from subq.bench import registered_benchmarks, run_benchmarks
+    from subq.bench.__main__ import run
 
-    if args.list:
-        print("\n".join(sorted(registered_benchmarks())))
-        return 0
-    try:
-        rows = run_benchmarks(args.only, device=args.device, out_dir=args.out, quick=args.quick)
-    except ValueError as err:
-        print(f"subq bench: error: {err}", file=sys.stderr)
-        return 2
-    return 0 if rows else 1
+    return run(args, args.parser)
 
 
 def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,11 +136,9 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    p.add_argument("--out", metavar="DIR", help="write <name>.json files here")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--list", action="store_true", help="list the registered benchmarks and exit")
+    from subq.bench.__main__ import add_arguments
+
+    add_arguments(p)
 
 
 def _positive_int(text: str) -> int:
@@ -190,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(parser=p)  # commands report usage errors through their own parser
         if name in _ARGUMENTS:
             _ARGUMENTS[name](p)
     return parser

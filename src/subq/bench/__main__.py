@@ -11,14 +11,17 @@ import torch
 from subq.bench.harness import registered_benchmarks, run_benchmarks
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m subq.bench", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m subq.bench`` and ``subq bench``."""
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--out", metavar="DIR", help="write <name>.json files here")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--list", action="store_true", help="list registered benchmarks and exit")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Check the arguments (usage errors through ``parser``), then run and report."""
     if args.list:
         print("\n".join(sorted(registered_benchmarks())))
         return 0
@@ -40,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --out: {args.out!r} exists and is not a directory")
     rows = run_benchmarks(args.only, device=args.device, out_dir=args.out, quick=args.quick)
     return 0 if rows else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m subq.bench", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":
