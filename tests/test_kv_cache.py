@@ -70,33 +70,27 @@ def test_chunked_prefill_equals_full():
     assert_close_rel(full, torch.cat(outs, 1), 1e-11)
 
 
+def _decode_in_chunks(p, cfg, x, cache_len, chunk):
+    cache = init_kv_cache(cfg, x.shape[0], cache_len, dtype=torch.float64)
+    outs = []
+    for i in range(0, x.shape[1], chunk):
+        y, cache = cached_attention(p, x[:, i : i + chunk], cache, cfg=cfg)
+        outs.append(y)
+    return torch.cat(outs, 1)
+
+
 def test_ring_buffer_with_sliding_window():
     # A cache as long as the window holds every key a query can see: still exact.
     cfg = AttentionConfig(dim=8, num_heads=2, causal=True, window=3, pos_emb="rope")
     p = init_attention(cfg, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x = randn(1, 12, 8, seed=3)
     full = multi_head_attention(p, x, cfg=cfg)
-    cache = init_kv_cache(cfg, 1, 3, dtype=torch.float64)
-    outs = []
-    for i in range(12):
-        y, cache = cached_attention(p, x[:, i : i + 1], cache, cfg=cfg)
-        outs.append(y)
-    assert_close_rel(full, torch.cat(outs, 1), 1e-11)
+    assert_close_rel(full, _decode_in_chunks(p, cfg, x, cache_len=3, chunk=1), 1e-11)
     # Chunks of n tokens need w + n - 1 slots: n = 2 in a cache of 4 is exact, ...
-    cache = init_kv_cache(cfg, 1, 4, dtype=torch.float64)
-    outs = []
-    for i in range(0, 12, 2):
-        y, cache = cached_attention(p, x[:, i : i + 2], cache, cfg=cfg)
-        outs.append(y)
-    assert_close_rel(full, torch.cat(outs, 1), 1e-11)
+    assert_close_rel(full, _decode_in_chunks(p, cfg, x, cache_len=4, chunk=2), 1e-11)
     # ... and a cache of 3 is not (the documented limit is real, so the test above can fail).
-    cache = init_kv_cache(cfg, 1, 3, dtype=torch.float64)
-    outs = []
-    for i in range(0, 12, 2):
-        y, cache = cached_attention(p, x[:, i : i + 2], cache, cfg=cfg)
-        outs.append(y)
     with pytest.raises(AssertionError):
-        assert_close_rel(full, torch.cat(outs, 1), 1e-6)
+        assert_close_rel(full, _decode_in_chunks(p, cfg, x, cache_len=3, chunk=2), 1e-6)
 
 
 def test_cache_is_not_mutated():

@@ -543,15 +543,17 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
         raise _shape_error("key", f"a number of kv_heads dividing heads={heads}", f"kv_heads={kvh}")
 
 
-def _normalise_backend(backend: AttentionType | str | None) -> AttentionType | None:
+def _normalise_backend(
+    backend: AttentionType | str | None, where: str = "attention: backend must be"
+) -> AttentionType | None:
+    """``None`` or an :class:`AttentionType`; ``where`` starts the error (the argument's name)."""
     if backend is None:
         return None
     try:
         return AttentionType(backend)
     except ValueError:
-        raise _shape_error(
-            "backend", f"one of {[a.value for a in AttentionType]} or None", repr(backend)
-        ) from None
+        valid = [a.value for a in AttentionType]
+        raise ValueError(f"{where} one of {valid} or None, got {backend!r}") from None
 
 
 @shapecheck
@@ -694,15 +696,7 @@ _POS_EMBS = ("none", "rope", "alibi")
 
 
 def _optional_attention_type(value: AttentionType | str | None) -> AttentionType | None:
-    if value is None:
-        return None
-    try:
-        return AttentionType(value)
-    except ValueError:
-        raise ValueError(
-            f"attention_type: expected one of {[a.value for a in AttentionType]} or None, "
-            f"got {value!r}"
-        ) from None
+    return _normalise_backend(value, "attention_type: expected")
 
 
 @attrs.frozen(kw_only=True)
