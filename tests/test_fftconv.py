@@ -241,7 +241,7 @@ def test_cuda_dispatch_traces_inside_an_outer_compile():
     module_available.cache_clear()  # the GPU failure happened on the first, uncached probe
     torch._dynamo.reset()
     assert torch.compile(choose, fullgraph=True, backend="eager")(torch.ones(2)).sum() == 4
-    assert ops.fft_conv_op.decide(facts).chosen in ("compiled", "reference")
+    assert ops.fft_conv_op.decide(facts).chosen in ("fourstep", "compiled", "reference")
 
 
 # The FFTs themselves stay extern calls; Inductor warns that it does not generate complex code.

@@ -203,12 +203,14 @@ def explain(op: str, **facts: Any) -> str:
 
 
 def _load_all_ops() -> None:
-    # Ops register themselves when their module is imported; every module of ``subq.ops`` is
-    # imported here (not at ``import subq``) so that ``explain`` and ``subq info`` see every op.
+    # Ops register themselves when their module is imported; every public module of
+    # ``subq.ops`` is imported here (not at ``import subq``) so that ``explain`` and ``subq info``
+    # see every op. Private modules hold helpers and kernels (some import Triton at the top).
     import importlib
     import pkgutil
 
     import subq.ops
 
     for info in pkgutil.iter_modules(subq.ops.__path__):
-        importlib.import_module(f"subq.ops.{info.name}")
+        if not info.name.startswith("_"):
+            importlib.import_module(f"subq.ops.{info.name}")

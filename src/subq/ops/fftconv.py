@@ -16,25 +16,31 @@ length works. Each axis uses the smallest FFT size that is exact for its mode, r
 product of 2, 3, 5 and 7 (:func:`next_fast_len`). Spectral math runs in float32 (float64 stays
 float64); the output has the input's dtype.
 
-Backends: ``compiled`` (CUDA: the same math under ``torch.compile``, so the cast and zero
-padding fuse into the pass before the forward FFT and the crop, skip and cast into the pass after
-it; the FFTs stay cuFFT calls) and ``reference`` (plain ``torch.fft``, any device; the oracle).
-The kernel spectrum is computed once per call and shared by the batch.
+Backends, first choice first: ``fourstep`` (CUDA, 1D causal only: a twisted four-step transform
+with P-point complex spectra instead of 2L-point zero-padded real ones, Triton kernels around
+short cuFFT transforms; see :mod:`subq.ops._causal_fftconv`), ``compiled`` (CUDA: the same math as
+the reference under ``torch.compile``, so the cast and zero padding fuse into the pass before the
+forward FFT and the crop, skip and cast into the pass after it; the FFTs stay cuFFT calls; also
+what runs inside an outer ``torch.compile`` or a ``torch.func`` transform) and ``reference``
+(plain ``torch.fft``, any device; the oracle). The kernel spectrum is computed once per call and
+shared by the batch.
 
 ``gated_fft_conv`` is Hyena's long convolution with its gates folded in:
 ``(K ∗ z + D ⊙ z) ⊙ σ₂(v)`` with ``z = q ⊙ σ(k)``, on channels-last inputs, with the same
-backends (the gates and the layout change fuse into the passes around the FFTs).
+backends (the gates and the layout change fuse into the passes around the FFTs; for
+``fourstep``, into one compiled pass before and one after, with ``z`` kept in float32).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from subq.ops._compile import compiled_check, compiled_for, tensor_signature
+from subq.ops.capabilities import module_available
 from subq.ops.dispatch import Backend, Op
 
 __all__ = [
@@ -293,17 +299,72 @@ def _gated_core_k(q, k, v, kernel, skip, plans, value_gate):
     return _gated_core(q, k, v, kernel_spectrum(kernel, plans), skip, sizes, value_gate)
 
 
+def _channel_chunks(x, kernel, skip, nd, chunk_size):
+    """``(x, kernel, skip)`` for each block of channels (channels-first ``x``)."""
+    for start, width in _chunks(x.shape[1], chunk_size):
+        yield (
+            x.narrow(1, start, width),
+            kernel.narrow(kernel.ndim - nd - 1, start, width),
+            None if skip is None else skip.narrow(0, start, width),
+        )
+
+
 def _fft_conv_compiled(x, kernel, skip, modes, chunk_size=None, fast_sizes=True) -> Tensor:
     nd = len(modes)
     plans = fft_conv_plan(tuple(x.shape[2:]), kernel.shape[-nd:], modes, fast_sizes)
     outs = []
-    for start, width in _chunks(x.shape[1], chunk_size):
-        xs = x.narrow(1, start, width)
-        ks = kernel.narrow(kernel.ndim - nd - 1, start, width)
-        ss = None if skip is None else skip.narrow(0, start, width)
+    for xs, ks, ss in _channel_chunks(x, kernel, skip, nd, chunk_size):
         fn = compiled_for("conv", _conv_core_k, (*tensor_signature(xs, ks, ss), plans, x.dtype))
         outs.append(fn(xs, ks, ss, plans, x.dtype))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def _fft_conv_fourstep(x, kernel, skip, modes, chunk_size=None, fast_sizes=True) -> Tensor:
+    from subq.ops._causal_fftconv import causal_fft_conv_fourstep
+
+    outs = [
+        causal_fft_conv_fourstep(xs, ks, ss)
+        for xs, ks, ss in _channel_chunks(x, kernel, skip, 1, chunk_size)
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def _gate_in(q: Tensor, k: Tensor) -> Tensor:
+    """``z = q ⊙ σ(k)`` in float32, channels-first and contiguous (one pass when compiled)."""
+    return (q.float() * torch.sigmoid(k.float())).movedim(-1, 1).contiguous()
+
+
+def _gate_out(h: Tensor, v: Tensor, value_gate: str, dtype: torch.dtype) -> Tensor:
+    """``h ⊙ σ₂(v)`` back to channels-last, in ``dtype`` (one pass when compiled)."""
+    return (h.movedim(1, -1) * value_gate_fn(value_gate, v.float())).to(dtype)
+
+
+def _gated_fourstep(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):
+    from subq.ops._causal_fftconv import causal_fft_conv_fourstep
+
+    outs = []
+    for start, width in _chunks(q.shape[-1], chunk_size):
+        qs, ks_, vs = (t.narrow(-1, start, width) for t in (q, k, v))
+        gate_in = compiled_for("gate_in", _gate_in, tensor_signature(qs, ks_))
+        z = gate_in(qs, ks_)
+        kern = kernel.narrow(kernel.ndim - 2, start, width)
+        h = causal_fft_conv_fourstep(z, kern, skip.narrow(0, start, width))
+        gate_out = compiled_for("gate_out", _gate_out, (*tensor_signature(h, vs), value_gate))
+        outs.append(gate_out(h, vs, value_gate, q.dtype))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+def _fourstep_check(facts: Mapping[str, Any]) -> str | None:
+    """Whether the ``fourstep`` backend can run: 1D causal, a float dtype, eager, Triton."""
+    if tuple(facts["modes"]) != ("causal",):
+        return f"modes {tuple(facts['modes'])} (the four-step kernels are for 1D causal only)"
+    if facts["dtype"] not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {facts['dtype']} (the four-step path is for float16/bfloat16/float32)"
+    if torch.compiler.is_compiling():
+        return "inside torch.compile (the compiled backend traces its math into the graph)"
+    if torch._C._functorch.maybe_current_level() is not None:
+        return "under a torch.func transform (its kernels have no batching or functional rule)"
+    return module_available("triton")
 
 
 def _gated_compiled(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):
@@ -357,6 +418,7 @@ def fft_conv_direct(x: Tensor, kernel: Tensor, skip: Tensor | None, modes: Seque
 fft_conv_op = Op(
     "fft_conv",
     [
+        Backend("fourstep", _fft_conv_fourstep, devices=("cuda",), check=_fourstep_check),
         Backend("compiled", _fft_conv_compiled, devices=("cuda",), check=compiled_check),
         Backend("reference", fft_conv_reference),
     ],
@@ -366,6 +428,7 @@ fft_conv_op = Op(
 gated_fft_conv_op = Op(
     "gated_fft_conv",
     [
+        Backend("fourstep", _gated_fourstep, devices=("cuda",), check=_fourstep_check),
         Backend("compiled", _gated_compiled, devices=("cuda",), check=compiled_check),
         Backend("reference", gated_fft_conv_reference),
     ],

@@ -1,0 +1,169 @@
+"""Causal FFT convolution by a twisted four-step transform: the ``fourstep`` backend of ``fft_conv``.
+
+A causal convolution of ``L`` taps over ``L`` samples is the first half of a ``2L``-point linear
+convolution. The usual route zero-pads to ``2L`` real points; this one computes it as a
+*negacyclic* convolution of length ``2P`` (``P ≥ L``) folded into a cyclic one of ``P`` complex
+points. With ``ω = exp(iπ / 2P)``,
+
+``y[n] = Re(ω⁻ⁿ · IDFT_P(DFT_P(x · ωⁿ) · DFT_P(k · ωⁿ))[n])``  for ``n < L``
+
+(the product modulo ``z^P − i``; the imaginary part is the tail ``y[n + P]``, not needed). No
+padding is materialised and no half of the output is thrown away.
+
+The ``P``-point DFT runs as a four-step transform with ``P = N1 · N2``, ``N1`` ∈ {8, 16, 32}:
+on the row-major ``[N1, N2]`` view, a size-``N1`` DFT down the columns, a twiddle, then size-``N2``
+DFTs along the rows. The first step is cheap exact float32 arithmetic that fuses with the read of
+``x`` (any float dtype) and with the twist ``ωⁿ = ω^(N2·n1) · ω^(n2)``; the second is a batch of
+short cuFFT transforms, which run near copy bandwidth (long ones do not). So one call is five passes
+over memory:
+
+1. twist + column DFT (Triton): ``x`` → ``S`` (complex64, ``P`` points per row);
+2. cuFFT along the rows of ``S``;
+3. the product with the kernel's spectrum (made by steps 1–2, once per call);
+4. inverse cuFFT along the rows;
+5. conjugate twiddle + inverse column DFT + real part + ``D ⊙ x`` + cast (Triton): → ``y``.
+
+Steps 1 and 5 run as Triton kernels on CUDA (and under ``TRITON_INTERPRET=1``); elsewhere they run
+as the same math in PyTorch, so the decomposition is tested on any machine. All spectral math is
+float32. Gradients use the same pipeline: ``∂x`` is the time-reversed causal convolution of the
+time-reversed output gradient with the kernel, ``∂k`` the same with ``x`` as a per-row kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["causal_fft_conv_fourstep", "fourstep_plan"]
+
+
+def fourstep_plan(length: int) -> tuple[int, int]:
+    """``(N1, N2)`` for a causal convolution of ``length`` samples: ``N1 · N2 ≥ length``, ``N2``
+    2·3·5·7-smooth (a fast cuFFT size) and at most 4096 unless ``N1`` is already 32."""
+    from subq.ops.fftconv import next_fast_len
+
+    for n1 in (8, 16, 32):
+        n2 = next_fast_len(-(-length // n1))
+        if n2 <= 4096:
+            break
+    return n1, n2
+
+
+@functools.lru_cache(maxsize=32)
+def _tables(n1: int, n2: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``G[k1, m1] = exp(−2πi k1 m1 / N1) · ω^(N2 m1)`` (column DFT with the twist) and
+    ``T[k1, m2] = exp(−2πi k1 m2 / P) · ω^(m2)`` (twiddle with the twist), complex64, built in
+    float64."""
+    p = n1 * n2
+    a = torch.arange(n1, dtype=torch.float64)
+    b = torch.arange(n2, dtype=torch.float64)
+    turns_g = -torch.outer(a, a) / n1 + (n2 * a / (4 * p))[None, :]
+    turns_t = -torch.outer(a, b) / p + (b / (4 * p))[None, :]
+    return tuple(
+        torch.polar(torch.ones_like(t), 2 * math.pi * t).to(device=device, dtype=torch.complex64)
+        for t in (turns_g, turns_t)
+    )
+
+
+def _use_triton(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _twist_dft(rows: Tensor, taps: int, n1: int, n2: int) -> Tensor:
+    """Step 1 on ``rows`` ``[..., M]`` (its first ``taps`` entries, zero beyond):
+    ``S[..., k1, m2] = T[k1, m2] · Σ_m1 G[k1, m1] · rows[m1 · N2 + m2]``, complex64."""
+    g, t = _tables(n1, n2, rows.device)
+    if _use_triton(rows.device):
+        from subq.ops._causal_fftconv_kernel import twist_dft
+
+        return twist_dft(rows, taps, g, t, n1, n2)
+    x = rows[..., :taps].float()
+    x = torch.nn.functional.pad(x, (0, n1 * n2 - x.shape[-1])).unflatten(-1, (n1, n2))
+    return torch.einsum("km,...mn->...kn", g, x.to(g.dtype)) * t
+
+
+def _untwist_idft(
+    c: Tensor, x: Tensor, skip: Tensor | None, length: int, out_dtype: torch.dtype
+) -> Tensor:
+    """Step 5: ``y[m1 · N2 + m2] = Re(Σ_k1 conj(G[k1, m1] · T[k1, m2]) · c[k1, m2]) / P`` for
+    indices below ``length``, plus ``skip ⊙ x``, in ``out_dtype`` (``c`` is unscaled)."""
+    n1, n2 = c.shape[-2:]
+    g, t = _tables(n1, n2, c.device)
+    if _use_triton(c.device):
+        from subq.ops._causal_fftconv_kernel import untwist_idft
+
+        return untwist_idft(c, x, skip, g, t, length, out_dtype, 1.0 / (n1 * n2))
+    y = torch.einsum("km,...kn->...mn", g.conj(), c * t.conj()).real / (n1 * n2)
+    y = y.flatten(-2)[..., :length]
+    if skip is not None:
+        y = y + skip.float()[:, None] * x.float()
+    return y.to(out_dtype)
+
+
+def _spectrum(rows: Tensor, taps: int, n1: int, n2: int) -> Tensor:
+    """Steps 1–2: ``DFT_P(rows · ωⁿ)`` in the four-step order ``[..., k1, k2]``."""
+    return torch.fft.fft(_twist_dft(rows, taps, n1, n2), dim=-1)
+
+
+def _causal(
+    x: Tensor, kernel: Tensor, skip: Tensor | None, out_dtype: torch.dtype | None = None
+) -> Tensor:
+    """Causal convolution of ``x`` ``[B, C, L]`` by ``kernel`` ``[C, K]`` or ``[B, C, K]``."""
+    length = x.shape[-1]
+    n1, n2 = fourstep_plan(length)
+    taps = min(kernel.shape[-1], length)  # lags ≥ L never reach an output
+    spec = _spectrum(kernel, taps, n1, n2)
+    s = torch.fft.fft(_twist_dft(x, length, n1, n2), dim=-1)
+    if _use_triton(s.device):
+        from subq.ops._causal_fftconv_kernel import cmul_
+
+        cmul_(s, spec)
+    else:
+        s.mul_(spec)
+    # norm="forward": no scaling pass here; step 5 divides by P.
+    s = torch.fft.ifft(s, dim=-1, norm="forward")
+    return _untwist_idft(s, x, skip, length, out_dtype or x.dtype)
+
+
+class _CausalConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: Tensor, skip: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, kernel, skip)
+        return _causal(x, kernel, skip)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, kernel, skip = ctx.saved_tensors
+        k_len = kernel.shape[-1]
+        g_rev = grad.flip(-1)
+        gx = gk = gskip = None
+        if ctx.needs_input_grad[0]:
+            # ∂x[n] = Σ_{m ≥ n} g[m] · k[m − n]: causal in reversed time.
+            gx = _causal(g_rev, kernel, None, torch.float32).flip(-1)
+            if skip is not None:
+                gx = gx + skip.float()[:, None] * grad.float()
+            gx = gx.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            # ∂k[j] = Σ_n g[n] · x[n − j] (j < L; longer taps never reach an output).
+            corr = _causal(g_rev, x, None, torch.float32)
+            if kernel.dim() == 2:
+                corr = corr.sum(0)
+            corr = corr.flip(-1)[..., :k_len]
+            gk = torch.nn.functional.pad(corr, (0, k_len - corr.shape[-1])).to(kernel.dtype)
+        if skip is not None and ctx.needs_input_grad[2]:
+            gskip = (grad.float() * x.float()).sum((0, 2)).to(skip.dtype)
+        return gx, gk, gskip
+
+
+def causal_fft_conv_fourstep(x: Tensor, kernel: Tensor, skip: Tensor | None) -> Tensor:
+    """Causal depthwise convolution of ``x`` ``[B, C, L]`` by ``kernel`` ``[C, K]`` (or per sample
+    ``[B, C, K]``), plus ``skip ⊙ x``; differentiable in all three."""
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, kernel, skip)
+    ):
+        return _CausalConv.apply(x, kernel, skip)
+    return _causal(x, kernel, skip)

@@ -1,0 +1,158 @@
+"""Triton kernels of the four-step causal FFT convolution (steps 1 and 5 of
+:mod:`subq.ops._causal_fftconv`). Imported only when those steps run on CUDA or under the
+Triton interpreter.
+
+Both kernels own an ``[N1, BN]`` tile of one row's ``[N1, N2]`` view: the size-``N1`` DFT is an
+exact float32 broadcast-and-sum over an ``[N1, N1, BN]`` block (``N1 ≤ 32``: cheaper than a
+tensor-core product at this size, and no TF32 rounding), fused with the row's read or write.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["cmul_", "twist_dft", "untwist_idft"]
+
+
+@triton.jit
+def _twist_dft_kernel(
+    X, S, G, T,
+    row_len, taps, n2_size,
+    N1: tl.constexpr, BN: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    m2 = tl.program_id(1) * BN + tl.arange(0, BN)
+    m1 = tl.arange(0, N1)
+    in_row = m2 < n2_size
+    pair = tl.arange(0, 2)[None, :]
+    n = m1[:, None] * n2_size + m2[None, :]
+    keep = in_row[None, :] & (n < taps)
+    x = tl.load(X + row * row_len + n, mask=keep, other=0.0).to(tl.float32)  # [m1, m2]
+    # One output row k1 at a time: s[k1, m2] = T[k1, m2] · Σ_m1 G[k1, m1] · x[m1, m2].
+    for k1 in tl.static_range(N1):
+        gr = tl.load(G + (k1 * N1 + m1) * 2)
+        gi = tl.load(G + (k1 * N1 + m1) * 2 + 1)
+        ar = tl.sum(gr[:, None] * x, axis=0)
+        ai = tl.sum(gi[:, None] * x, axis=0)
+        off = k1 * n2_size + m2
+        tr, ti = tl.split(tl.load(T + off[:, None] * 2 + pair, mask=in_row[:, None], other=0.0))
+        out = tl.join(ar * tr - ai * ti, ar * ti + ai * tr)
+        tl.store(S + (row * N1 * n2_size + off)[:, None] * 2 + pair, out, mask=in_row[:, None])
+
+
+@triton.jit
+def _cmul_kernel(S, H, per_h, n_per_row, BLOCK: tl.constexpr):
+    # S[row] *= H[row % per_h], complex, in place.
+    row = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    keep = (i < n_per_row)[:, None]
+    pair = tl.arange(0, 2)[None, :]
+    s_ptr = S + (row * n_per_row + i)[:, None] * 2 + pair
+    sr, si = tl.split(tl.load(s_ptr, mask=keep, other=0.0))
+    hr, hi = tl.split(tl.load(H + ((row % per_h) * n_per_row + i)[:, None] * 2 + pair, mask=keep))
+    tl.store(s_ptr, tl.join(sr * hr - si * hi, sr * hi + si * hr), mask=keep)
+
+
+@triton.jit
+def _untwist_idft_kernel(
+    C, Y, X, SKIP, G, T,
+    length, n2_size, channels, scale,
+    HAS_SKIP: tl.constexpr, N1: tl.constexpr, BN: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    m2 = tl.program_id(1) * BN + tl.arange(0, BN)
+    m1 = tl.arange(0, N1)
+    in_row = m2 < n2_size
+    pair = tl.arange(0, 2)[None, :]
+    y = tl.zeros([N1, BN], dtype=tl.float32)
+    # Inverse column DFT as N1 outer products: y[m1, m2] += Re(conj(G[k1, m1] T[k1, m2]) c[k1, m2]).
+    for k1 in tl.static_range(N1):
+        off = k1 * n2_size + m2
+        c = tl.load(C + (row * N1 * n2_size + off)[:, None] * 2 + pair, mask=in_row[:, None])
+        cr, ci = tl.split(c)
+        t = tl.load(T + off[:, None] * 2 + pair, mask=in_row[:, None], other=0.0)
+        tr, ti = tl.split(t)
+        dr = cr * tr + ci * ti
+        di = ci * tr - cr * ti
+        gr = tl.load(G + (k1 * N1 + m1) * 2)
+        gi = tl.load(G + (k1 * N1 + m1) * 2 + 1)
+        y += gr[:, None] * dr[None, :] + gi[:, None] * di[None, :]
+    y *= scale
+    n = m1[:, None] * n2_size + m2[None, :]
+    keep = in_row[None, :] & (n < length)
+    if HAS_SKIP:
+        d = tl.load(SKIP + row % channels).to(tl.float32)
+        y += d * tl.load(X + row * length + n, mask=keep, other=0.0).to(tl.float32)
+    tl.store(Y + row * length + n, y.to(Y.dtype.element_ty), mask=keep)
+
+
+def _launch(rows: int, n1: int, n2: int, elem_size: int) -> tuple[tuple[int, int], int, int]:
+    """(grid, column block, warps) for an ``[N1, BN]`` tile read as ``elem_size``-byte values.
+
+    The tile is as wide as the warps' 16-byte vector loads cover side by side, so each thread
+    holds whole columns and the sum over ``m1`` (twist) stays in registers; a narrower tile puts
+    warps on top of each other and the sum goes through shared memory (3-6x slower for bf16).
+    """
+    vec = 16 // elem_size
+    block = min(triton.next_power_of_2(n2), 4 * 32 * vec, 8192 // n1)
+    warps = max(1, min(4, block // (32 * vec)))
+    return (rows, triton.cdiv(n2, block)), block, warps
+
+
+def twist_dft(rows: Tensor, taps: int, g: Tensor, t: Tensor, n1: int, n2: int) -> Tensor:
+    """Step 1 for ``rows`` ``[..., M]`` (first ``taps`` entries): complex64 ``[..., N1, N2]``."""
+    rows = rows.contiguous()
+    out = torch.empty((*rows.shape[:-1], n1, n2), dtype=torch.complex64, device=rows.device)
+    count = rows.numel() // max(rows.shape[-1], 1)
+    if count == 0:
+        return out
+    grid, block, warps = _launch(count, n1, n2, rows.element_size())
+    _twist_dft_kernel[grid](
+        rows, torch.view_as_real(out), torch.view_as_real(g), torch.view_as_real(t),
+        rows.shape[-1], taps, n2, N1=n1, BN=block, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def untwist_idft(
+    c: Tensor,
+    x: Tensor,
+    skip: Tensor | None,
+    g: Tensor,
+    t: Tensor,
+    length: int,
+    out_dtype: torch.dtype,
+    scale: float,
+) -> Tensor:
+    """Step 5: ``[..., C, N1, N2]`` complex64 → ``[..., C, length]`` in ``out_dtype``."""
+    n1, n2 = c.shape[-2:]
+    c = c.contiguous()
+    x = x.contiguous()
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    count = x.numel() // max(length, 1)
+    if count == 0:
+        return y
+    grid, block, warps = _launch(count, n1, n2, 4)
+    _untwist_idft_kernel[grid](
+        torch.view_as_real(c), y, x, skip if skip is not None else x,
+        torch.view_as_real(g), torch.view_as_real(t),
+        length, n2, x.shape[-2], scale,
+        HAS_SKIP=skip is not None, N1=n1, BN=block, num_warps=warps,
+    )  # fmt: skip
+    return y
+
+
+def cmul_(s: Tensor, h: Tensor) -> Tensor:
+    """``s *= h`` in place, complex64 ``[..., N1, N2]``; ``h``'s leading axes are ``s``'s
+    trailing ones (``[C]`` shared over the batch, or ``[B, C]``)."""
+    n_per_row = h.shape[-2] * h.shape[-1]
+    block = 1024
+    grid = (s.numel() // n_per_row, triton.cdiv(n_per_row, block))
+    _cmul_kernel[grid](
+        torch.view_as_real(s), torch.view_as_real(h.contiguous()), h.numel() // n_per_row,
+        n_per_row, BLOCK=block, num_warps=4,
+    )  # fmt: skip
+    return s

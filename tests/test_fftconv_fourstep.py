@@ -1,0 +1,204 @@
+"""The ``fourstep`` backend of ``fft_conv`` (twisted four-step causal convolution).
+
+Its math runs on any machine as PyTorch (the same decomposition the Triton kernels compute) and
+is checked here against direct convolution in float64; the Triton kernels themselves run under
+Triton's CPU interpreter when Triton is installed, and on CUDA in ``bench/gpu_fftconv_fused.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from subq.ops import _causal_fftconv as fs
+from subq.ops import fftconv as ops
+from subq.ops.fftconv import fft_conv_direct, next_fast_len
+from subq.testing import assert_causal, assert_close_rel
+
+# Spectral math is float32 (complex64 tables and cuFFT-sized transforms): measured errors are
+# 1e-7 to 3e-7 of the output's largest entry; 2e-6 leaves a factor of about 10.
+FP32_BOUND = 2e-6
+
+
+def _g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _inputs(b, c, length, taps, per_sample, seed=0):
+    x = torch.randn(b, c, length, generator=_g(seed), dtype=torch.float64)
+    shape = (b, c, taps) if per_sample else (c, taps)
+    k = torch.randn(*shape, generator=_g(seed + 1), dtype=torch.float64) / taps**0.5
+    d = torch.randn(c, generator=_g(seed + 2), dtype=torch.float64)
+    return x, k, d
+
+
+@pytest.mark.parametrize("length", [1, 2, 100, 997, 4096, 5000])
+def test_plan_covers_the_length_with_fast_sizes(length):
+    n1, n2 = fs.fourstep_plan(length)
+    assert n1 in (8, 16, 32) and n1 * n2 >= length and next_fast_len(n2) == n2
+    assert n1 == 8  # short rows keep the smallest column DFT
+
+
+def test_plan_grows_the_column_dft_for_long_rows():
+    assert fs.fourstep_plan(40000) == (16, 2500)
+    assert fs.fourstep_plan(1 << 20) == (32, 32768)
+
+
+CASES = [
+    # (batch, channels, length, taps, per-sample kernel)
+    (2, 3, 1, 4, False),
+    (2, 3, 97, 97, False),  # prime length: N2 = 14, P = 112
+    (1, 2, 300, 20, False),  # kernel shorter than the input
+    (2, 2, 250, 700, False),  # kernel longer: taps past L never reach an output
+    (2, 3, 513, 513, True),  # per-sample kernels (FiLM)
+]
+
+
+@pytest.mark.parametrize(("b", "c", "length", "taps", "per_sample"), CASES)
+def test_matches_direct_convolution(b, c, length, taps, per_sample):
+    x, k, d = _inputs(b, c, length, taps, per_sample)
+    want = fft_conv_direct(x, k, d, ("causal",))
+    got = fs.causal_fft_conv_fourstep(x.float(), k.float(), d.float())
+    assert got.dtype == torch.float32
+    assert_close_rel(want, got, FP32_BOUND)
+    assert_close_rel(
+        fft_conv_direct(x, k, None, ("causal",)), fs._causal(x.float(), k, None), FP32_BOUND
+    )
+
+
+@pytest.mark.parametrize("n1", [16, 32])
+def test_wider_column_dfts(monkeypatch, n1):
+    # Long rows use N1 = 16 or 32; the same math on a short row, with the plan forced.
+    monkeypatch.setattr(fs, "fourstep_plan", lambda length: (n1, next_fast_len(-(-length // n1))))
+    x, k, d = _inputs(2, 2, 611, 611, False, seed=5)
+    got = fs.causal_fft_conv_fourstep(x.float(), k.float(), d.float())
+    assert_close_rel(fft_conv_direct(x, k, d, ("causal",)), got, FP32_BOUND)
+
+
+@pytest.mark.parametrize(("b", "c", "length", "taps", "per_sample"), CASES[1:])
+def test_gradients_match_direct_convolution(b, c, length, taps, per_sample):
+    x, k, d = _inputs(b, c, length, taps, per_sample, seed=10)
+    gy = torch.randn(b, c, length, generator=_g(13), dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, k, d)]
+    want = torch.autograd.grad(fft_conv_direct(*leaves, ("causal",)), leaves, gy)
+    leaves32 = [t.float().requires_grad_() for t in (x, k, d)]
+    got = torch.autograd.grad(fs.causal_fft_conv_fourstep(*leaves32), leaves32, gy.float())
+    for name, w, g in zip(("x", "kernel", "skip"), want, got, strict=True):
+        assert g.dtype == torch.float32 and g.shape == w.shape, name
+        assert_close_rel(w, g, FP32_BOUND)
+
+
+def test_kernel_gradient_alone():
+    # Only the kernel needs a gradient (a frozen input, no skip): the backward skips the rest.
+    x, k, _ = _inputs(2, 2, 150, 60, False, seed=15)
+    k64 = k.clone().requires_grad_()
+    (want,) = torch.autograd.grad(fft_conv_direct(x, k64, None, ("causal",)).square().sum(), k64)
+    k32 = k.float().requires_grad_()
+    y = fs.causal_fft_conv_fourstep(x.float(), k32, None)
+    (got,) = torch.autograd.grad(y.square().sum(), k32)
+    assert_close_rel(want, got, FP32_BOUND)
+
+
+def test_bf16_input_within_output_rounding():
+    x, k, d = _inputs(2, 4, 777, 777, False, seed=20)
+    xb = x.bfloat16()
+    got = fs.causal_fft_conv_fourstep(xb, k.float(), d.float())
+    assert got.dtype == torch.bfloat16
+    # The only rounding that matters is the bf16 output's: half an ulp, 2^-8 of the largest.
+    assert_close_rel(fft_conv_direct(xb.double(), k, d, ("causal",)), got, 2**-8)
+
+
+def test_causal():
+    # Float32 spectra: the future leaks in only at rounding level (≈1e-7 of unit-size outputs;
+    # an acausal term would move earlier outputs by O(1)).
+    _, k, d = (t.float() for t in _inputs(1, 2, 200, 200, False, seed=30))
+    x = torch.randn(1, 2, 200, generator=_g(31), dtype=torch.float64)
+    fn = lambda t: fs.causal_fft_conv_fourstep(t.float(), k, d).double()  # noqa: E731
+    assert_causal(fn, x, time_axis=2, atol=1e-5)
+
+
+def test_chunked_backend_equals_unchunked():
+    x, k, d = (t.float() for t in _inputs(2, 5, 130, 130, False, seed=40))
+    whole = ops._fft_conv_fourstep(x, k, d, ("causal",))
+    chunked = ops._fft_conv_fourstep(x, k, d, ("causal",), chunk_size=2)
+    assert_close_rel(whole, chunked, 1e-6)
+
+
+def test_gated_backend_matches_reference(monkeypatch):
+    # The gates' compiled passes are the plain functions here (Inductor is tested elsewhere).
+    monkeypatch.setattr(ops, "compiled_for", lambda name, fn, key: fn)
+    g = _g(50)
+    q, k, v = (torch.randn(2, 90, 6, generator=g) for _ in range(3))
+    kern = torch.randn(6, 90, generator=g) / 9
+    d = torch.randn(6, generator=g)
+    for gate in ("sigmoid", "silu", "none"):
+        want = ops.gated_fft_conv_reference(q.double(), k.double(), v.double(), kern.double(),
+                                            d.double(), ("causal",), gate)  # fmt: skip
+        got = ops._gated_fourstep(q, k, v, kern, d, ("causal",), gate, chunk_size=4)
+        assert got.dtype == torch.float32
+        assert_close_rel(want, got, FP32_BOUND)
+
+
+def test_dispatch_reasons(monkeypatch):
+    monkeypatch.setattr(ops, "module_available", lambda name: None)
+    facts = {"device": "cuda", "dtype": torch.bfloat16, "modes": ("causal",)}
+    assert ops._fourstep_check(facts) is None
+    assert ops.fft_conv_op.decide(facts).chosen == "fourstep"
+    assert ops.gated_fft_conv_op.decide(facts).chosen == "fourstep"
+    assert "1D causal only" in ops._fourstep_check(facts | {"modes": ("zero", "zero")})
+    assert "float64" in ops._fourstep_check(facts | {"dtype": torch.float64})
+    seen = []
+    torch.func.vmap(lambda t: seen.append(ops._fourstep_check(facts)) or t)(torch.zeros(2))
+    assert "torch.func" in seen[0]
+    assert ops.fft_conv_op.decide(facts | {"modes": ("zero",)}).chosen == "compiled"
+    monkeypatch.setattr(ops, "module_available", lambda name: f"{name} is not installed")
+    assert ops._fourstep_check(facts) == "triton is not installed"
+    assert ops.fft_conv_op.decide({**facts, "device": "cpu"}).chosen == "reference"
+
+
+INTERPRETED = textwrap.dedent(
+    """
+    import os
+    os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+    from subq.ops import _causal_fftconv as fs
+    from subq.ops.fftconv import fft_conv_direct
+
+    torch.manual_seed(0)
+    worst = 0.0
+    for b, c, length, taps, per_sample, skip in [
+        (2, 3, 97, 97, False, True), (1, 2, 700, 30, True, False), (2, 2, 250, 700, False, True)
+    ]:
+        x = torch.randn(b, c, length, dtype=torch.float64, requires_grad=True)
+        k = torch.randn(*((b, c) if per_sample else (c,)), taps, dtype=torch.float64,
+                        requires_grad=True)
+        d = torch.randn(c, dtype=torch.float64, requires_grad=True) if skip else None
+        leaves = [t for t in (x, k, d) if t is not None]
+        want = fft_conv_direct(x, k, d, ("causal",))
+        x32, k32 = x.detach().float().requires_grad_(), k.detach().float().requires_grad_()
+        d32 = None if d is None else d.detach().float().requires_grad_()
+        got = fs.causal_fft_conv_fourstep(x32, k32, d32)
+        gy = torch.randn_like(want)
+        gw = torch.autograd.grad(want, leaves, gy)
+        gg = torch.autograd.grad(got, [t for t in (x32, k32, d32) if t is not None], gy.float())
+        for w, g in [(want, got), *zip(gw, gg)]:
+            worst = max(worst, ((w - g.double()).abs().max() / w.abs().max()).item())
+        half = fs.causal_fft_conv_fourstep(x.detach().half(), k.detach().float(), None)
+        assert half.dtype == torch.float16
+    print(worst)
+    """
+)
+
+
+def test_triton_kernels_in_interpreter():
+    pytest.importorskip("triton")
+    # A fresh process: TRITON_INTERPRET must be set before the kernels are defined.
+    result = subprocess.run(
+        [sys.executable, "-c", INTERPRETED], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) < FP32_BOUND
