@@ -39,13 +39,14 @@ def _inputs(b, c, length, taps, per_sample, seed=0):
 @pytest.mark.parametrize("length", [1, 2, 100, 997, 4096, 5000])
 def test_plan_covers_the_length_with_fast_sizes(length):
     n1, n2 = fs.fourstep_plan(length)
-    assert n1 in (8, 16, 32) and n1 * n2 >= length and next_fast_len(n2) == n2
+    assert n1 * n2 >= length and next_fast_len(n2) == n2
     assert n1 == 8  # short rows keep the smallest column DFT
 
 
 def test_plan_grows_the_column_dft_for_long_rows():
     assert fs.fourstep_plan(40000) == (16, 2500)
-    assert fs.fourstep_plan(1 << 20) == (32, 32768)
+    assert fs.fourstep_plan(32768) == (8, 4096)
+    assert fs.fourstep_plan(1 << 20) == (16, 65536)
 
 
 CASES = [
@@ -72,7 +73,8 @@ def test_matches_direct_convolution(b, c, length, taps, per_sample):
 
 @pytest.mark.parametrize("n1", [16, 32])
 def test_wider_column_dfts(monkeypatch, n1):
-    # Long rows use N1 = 16 or 32; the same math on a short row, with the plan forced.
+    # Long rows use N1 = 16 (32 is not planned, but the kernels take it); the same math on a
+    # short row, with the plan forced.
     monkeypatch.setattr(fs, "fourstep_plan", lambda length: (n1, next_fast_len(-(-length // n1))))
     x, k, d = _inputs(2, 2, 611, 611, False, seed=5)
     got = fs.causal_fft_conv_fourstep(x.float(), k.float(), d.float())
@@ -155,6 +157,9 @@ def test_dispatch_reasons(monkeypatch):
     torch.func.vmap(lambda t: seen.append(ops._fourstep_check(facts)) or t)(torch.zeros(2))
     assert "torch.func" in seen[0]
     assert ops.fft_conv_op.decide(facts | {"modes": ("zero",)}).chosen == "compiled"
+    assert ops.fft_conv_op.decide(facts | {"length": ops.FOURSTEP_MAX_LENGTH}).chosen == "fourstep"
+    too_long = ops._fourstep_check(facts | {"length": ops.FOURSTEP_MAX_LENGTH + 1})
+    assert too_long.startswith(f"length {ops.FOURSTEP_MAX_LENGTH + 1} > ")
     monkeypatch.setattr(ops, "module_available", lambda name: f"{name} is not installed")
     assert ops._fourstep_check(facts) == "triton is not installed"
     assert ops.fft_conv_op.decide({**facts, "device": "cpu"}).chosen == "reference"
@@ -202,3 +207,29 @@ def test_triton_kernels_in_interpreter():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert float(result.stdout.split()[-1]) < FP32_BOUND
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_kernels_match_reference_forward_and_gradients():
+    from subq.functional.fftconv import fft_conv
+
+    dev = torch.device("cuda")
+    for b, c, length, taps, per_sample in [*CASES, (1, 2, 40000, 40000, False)]:
+        x, k, d = (t.to(dev) for t in _inputs(b, c, length, taps, per_sample, seed=60))
+        leaves = [t.clone().requires_grad_() for t in (x, k, d)]
+        want = ops.fft_conv_reference(*leaves, ("causal",))
+        gy = torch.randn_like(want)
+        g_want = torch.autograd.grad(want, leaves, gy)
+        leaves32 = [t.float().requires_grad_() for t in (x, k, d)]
+        got = fft_conv(*leaves32, mode="causal", backend="fourstep")
+        g_got = torch.autograd.grad(got, leaves32, gy.float())
+        for w, g in [(want, got), *zip(g_want, g_got, strict=True)]:
+            assert_close_rel(w, g, FP32_BOUND)
+        xb = x.bfloat16()
+        want_bf = ops.fft_conv_reference(xb.double(), k, d, ("causal",))
+        assert_close_rel(want_bf, fft_conv(xb, k.float(), d.float(), mode="causal"), 2**-8)
+    q, kk, v = (torch.randn(2, 3000, 8, device=dev) for _ in range(3))
+    kern, d = torch.randn(8, 3000, device=dev) / 50, torch.randn(8, device=dev)
+    want = ops.gated_fft_conv_reference(q.double(), kk.double(), v.double(), kern.double(),
+                                        d.double(), ("causal",))  # fmt: skip
+    assert_close_rel(want, ops._gated_fourstep(q, kk, v, kern, d, ("causal",)), FP32_BOUND)

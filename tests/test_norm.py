@@ -328,8 +328,16 @@ def test_shell_state_dict_keys():
         ({"dim": "8"}, TypeError, "'dim' must be <class 'int'>"),
         ({"dim": 4, "eps": 0.0}, ValueError, r"Config\.eps: expected a positive number, got 0\.0"),
         ({"dim": 4, "affine": "yes"}, TypeError, "'affine' must be <class 'bool'>"),
-        ({"dim": 4, "num_heads": 0}, ValueError, r"num_heads: expected a positive int, got .* \(None is allowed too\)"),
-        ({"dim": 4, "num_heads": 2.0}, ValueError, r"num_heads: expected a positive int, got .* \(None is allowed too\)"),
+        (
+            {"dim": 4, "num_heads": 0},
+            ValueError,
+            r"num_heads: expected a positive int, got .* \(None is allowed too\)",
+        ),
+        (
+            {"dim": 4, "num_heads": 2.0},
+            ValueError,
+            r"num_heads: expected a positive int, got .* \(None is allowed too\)",
+        ),
         (
             {"dim": 4, "num_heads": 2, "channels_first": True},
             ValueError,

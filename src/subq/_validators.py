@@ -15,7 +15,9 @@ __all__ = ["an_int", "in_range", "one_of", "optional", "positive", "positive_int
 
 
 def _fail(instance: object, attribute: attrs.Attribute, expected: str, value: object) -> None:
-    raise ValueError(f"{type(instance).__name__}.{attribute.name}: expected {expected}, got {value!r}")
+    raise ValueError(
+        f"{type(instance).__name__}.{attribute.name}: expected {expected}, got {value!r}"
+    )
 
 
 def _is_number(value: object) -> bool:

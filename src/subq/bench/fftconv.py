@@ -183,10 +183,14 @@ def bench_fftconv(device: torch.device, quick: bool) -> list[dict[str, Any]]:
         ]
         if device.type == "cuda":
             impls += [
-                ("subq compiled", lambda x, k, d: fft_conv(x, k, d, mode="causal")),
+                ("subq fourstep (dispatched)", lambda x, k, d: fft_conv(x, k, d, mode="causal")),
                 (
-                    "subq compiled, chunks of 128 ch",
+                    "subq fourstep, chunks of 128 ch",
                     lambda x, k, d: fft_conv(x, k, d, mode="causal", chunk_size=128),
+                ),
+                (
+                    "subq compiled",
+                    lambda x, k, d: fft_conv(x, k, d, mode="causal", backend="compiled"),
                 ),
             ]
             if length <= 16384 and os.environ.get("SUBQ_BENCH_EXPERIMENTS"):
@@ -229,7 +233,12 @@ def bench_fftconv(device: torch.device, quick: bool) -> list[dict[str, Any]]:
 
         def subq_gated(q, k, v, kern, d, backend=None):
             op = ops.gated_fft_conv_op
-            facts = {"device": q.device, "dtype": q.dtype, "modes": ("causal",)}
+            facts = {
+                "device": q.device,
+                "dtype": q.dtype,
+                "modes": ("causal",),
+                "length": q.shape[1],
+            }
             return op.select(facts, backend)(q, k, v, kern, d, ("causal",), "sigmoid", None)
 
         impls = [
@@ -237,7 +246,8 @@ def bench_fftconv(device: torch.device, quick: bool) -> list[dict[str, Any]]:
             ("subq gated reference", lambda *a: subq_gated(*a, backend="reference")),
         ]
         if device.type == "cuda":
-            impls.append(("subq gated compiled", subq_gated))
+            impls.append(("subq gated fourstep (dispatched)", subq_gated))
+            impls.append(("subq gated compiled", lambda *a: subq_gated(*a, backend="compiled")))
         rows += _time_impls(
             "gated causal conv (Hyena)",
             shape,

@@ -708,7 +708,9 @@ class _HeadsConfig:
     window: int | None = attrs.field(default=None, validator=check.optional(check.positive_int))
     qk_norm: str | None = attrs.field(default=None, validator=check.one_of(_QK_NORMS))
     learnable_qk_scale: bool = attrs.field(default=True, validator=av.instance_of(bool))
-    qk_scale_init: float | None = attrs.field(default=None, validator=check.optional(check.positive))
+    qk_scale_init: float | None = attrs.field(
+        default=None, validator=check.optional(check.positive)
+    )
     norm_eps: float = attrs.field(default=1e-6, converter=float)
     pos_emb: str = attrs.field(default="none", validator=check.one_of(_POS_EMBS))
     rope_base: float = attrs.field(default=10000.0, converter=float)
@@ -788,7 +790,9 @@ class AttentionConfig(_HeadsConfig):
     """
 
     dim: int = attrs.field(validator=check.positive_int)
-    num_kv_heads: int | None = attrs.field(default=None, validator=check.optional(check.positive_int))
+    num_kv_heads: int | None = attrs.field(
+        default=None, validator=check.optional(check.positive_int)
+    )
     head_dim: int | None = attrs.field(default=None, validator=check.optional(check.positive_int))
     fused_qkv: bool = attrs.field(default=True, validator=av.instance_of(bool))
     qkv_bias: bool = attrs.field(default=False, validator=av.instance_of(bool))

@@ -104,7 +104,13 @@ def fft_conv(
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
         raise ValueError(f"fft_conv: chunk_size must be a positive int or None, got {chunk_size!r}")
-    facts = {"device": x.device, "dtype": x.dtype, "modes": modes, "shape": tuple(x.shape)}
+    facts = {
+        "device": x.device,
+        "dtype": x.dtype,
+        "modes": modes,
+        "shape": tuple(x.shape),
+        "length": x.shape[-1],
+    }
     y = fft_conv_op.select(facts, backend)(x, kernel, skip, modes, chunk_size)
     return y.movedim(1, -1) if channels_last else y
 

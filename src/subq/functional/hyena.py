@@ -315,7 +315,13 @@ def hyena(
     )
     if cfg.qk_norm == "none" and cfg.norm == "none":
         # Nothing between the gates and the convolution: one op with the gates folded in.
-        facts = {"device": q.device, "dtype": q.dtype, "modes": cfg.mode, "shape": tuple(q.shape)}
+        facts = {
+            "device": q.device,
+            "dtype": q.dtype,
+            "modes": cfg.mode,
+            "shape": tuple(q.shape),
+            "length": q.shape[1],
+        }
         y = gated_fft_conv_op.select(facts, backend)(
             q, k, v, kernel, params.skip, cfg.mode, cfg.value_gate, cfg.chunk_size
         )

@@ -98,6 +98,10 @@ def _launch(rows: int, n1: int, n2: int, elem_size: int) -> tuple[tuple[int, int
     """
     vec = 16 // elem_size
     block = min(triton.next_power_of_2(n2), 4 * 32 * vec, 8192 // n1)
+    # Few rows (the kernel's spectrum: C rows, not B·C): narrower tiles, so that every SM gets
+    # several programs; a tile stays at least one warp's vector width.
+    while rows * triton.cdiv(n2, block) < 4096 and block > 32 * vec:
+        block //= 2
     warps = max(1, min(4, block // (32 * vec)))
     return (rows, triton.cdiv(n2, block)), block, warps
 

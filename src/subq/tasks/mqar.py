@@ -54,7 +54,9 @@ class MQARConfig:
     num_pairs: int = attrs.field(default=4, validator=check.positive_int)
     num_train: int = attrs.field(default=20_000, validator=check.positive_int)
     num_test: int = attrs.field(default=1_000, validator=check.positive_int)
-    power_a: float = attrs.field(default=0.01, converter=float, validator=check.in_range(0, 1, low_open=True))
+    power_a: float = attrs.field(
+        default=0.01, converter=float, validator=check.in_range(0, 1, low_open=True)
+    )
     seed: int = attrs.field(default=0, validator=check.an_int)
 
     def __attrs_post_init__(self) -> None:
