@@ -5,10 +5,11 @@ straightforward ``torch.fft`` implementation, and the Hyena layer against SDPA a
 
 * causal 1D, ``B4 × C1024 × L`` (channels first), bf16 in/out, per-channel kernel of ``L`` taps and
   a skip ``D``: the baseline is ``irfft(rfft(x.float(), n=2L) · rfft(k, n=2L))[:L] + D x`` in
-  eager PyTorch; subq's ``reference`` and ``compiled`` backends, and the compiled backend over
-  channel chunks (a smaller working set);
+  eager PyTorch; subq as dispatched (``fourstep`` on CUDA), over channel chunks (a smaller
+  working set), and its ``reference`` and ``compiled`` backends;
 * the gated form Hyena uses, channels last ``[B, L, C]``: ``(K ∗ z + D z) ⊙ σ(v)``,
-  ``z = q ⊙ σ(k)``; the baseline is the same eager formula with the ``rfft`` convolution;
+  ``z = q ⊙ σ(k)``; the baseline is the same eager formula with the ``rfft`` convolution; subq
+  as dispatched and its ``reference`` and ``compiled`` backends;
 * 2D "same" (zero-padded) convolution ``B8 × C256 × 256²`` with a kernel as large as the input:
   the baseline uses ``rfft2`` with ``s = 2N``; subq the smallest exact size (``N + K//2``,
   rounded to a 2·3·5·7-smooth length).
