@@ -53,3 +53,27 @@ def test_circular_axes_are_shift_equivariant(problem, data):
         lambda t: torch.roll(t, shifts, dims=dims),
         rtol=1e-11,
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    length=st.integers(1, 700),
+    taps=st.integers(1, 900),
+    batch=st.integers(1, 2),
+    channels=st.integers(1, 3),
+    per_sample=st.booleans(),
+    skip=st.booleans(),
+    seed=seeds,
+)
+def test_fourstep_equals_direct_causal_convolution(
+    length, taps, batch, channels, per_sample, skip, seed
+):
+    # The CUDA default for 1D causal rows, as its PyTorch math (the Triton kernels compute the
+    # same steps); float32 spectra, so the bound is tests/test_fftconv_fourstep.py's FP32_BOUND.
+    from subq.ops._causal_fftconv import causal_fft_conv_fourstep
+
+    x = randn(batch, channels, length, seed=seed)
+    k = randn(*((batch,) if per_sample else ()), channels, taps, seed=seed + 1)
+    d = randn(channels, seed=seed + 2) if skip else None
+    got = causal_fft_conv_fourstep(x.float(), k.float(), None if d is None else d.float())
+    assert_close_rel(fft_conv_direct(x, k, d, ("causal",)), got, 2e-6)
