@@ -186,3 +186,14 @@ def test_shell_rejects_what_is_not_params():
 
     with pytest.raises(TypeError, match="field 'weight' holds <class 'int'>"):
         ParamsHolder(Odd(3))
+
+
+def test_params_keeps_a_list_field_a_list():
+    # A field given as a list comes back as a list (and a tuple as a tuple), with live tensors.
+    params = _stack_params()
+    as_list = StackParams(blocks=list(params.blocks), head=params.head)
+    shell = Stack(as_list)
+    rebuilt = shell.params()
+    assert type(rebuilt.blocks) is list and len(rebuilt.blocks) == 2
+    assert rebuilt.blocks[1].proj is shell.blocks[1].proj
+    assert type(Stack(params).params().blocks) is tuple

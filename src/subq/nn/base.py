@@ -38,6 +38,7 @@ class Shell(nn.Module):
             )
         self._params_cls = type(params)
         self._field_names = tuple(f.name for f in attrs.fields(type(params)))
+        self._sequence_types: dict[str, type] = {}
         children = children or {}
         unknown = sorted(set(children) - set(self._field_names))
         if unknown:
@@ -70,6 +71,7 @@ class Shell(nn.Module):
                 self.add_module(name, ParamsHolder(value))
             elif isinstance(value, (tuple, list)):
                 self.add_module(name, nn.ModuleList(_as_module(v) for v in value))
+                self._sequence_types[name] = type(value)  # params() rebuilds a list as a list
             else:
                 raise TypeError(
                     f"{type(self).__name__}: field {name!r} holds {type(value)!r}; params fields "
@@ -82,7 +84,7 @@ class Shell(nn.Module):
         for name in self._field_names:
             value = getattr(self, name, None)
             if isinstance(value, nn.ModuleList):
-                value = tuple(m.params() for m in value)
+                value = self._sequence_types.get(name, tuple)(m.params() for m in value)
             elif isinstance(value, Shell):
                 value = value.params()
             kwargs[name] = value
