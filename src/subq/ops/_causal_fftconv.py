@@ -114,6 +114,8 @@ def _causal(
     x: Tensor, kernel: Tensor, skip: Tensor | None, out_dtype: torch.dtype | None = None
 ) -> Tensor:
     """Causal convolution of ``x`` ``[B, C, L]`` by ``kernel`` ``[C, K]`` or ``[B, C, K]``."""
+    if x.numel() == 0:  # cuFFT and MKL refuse empty batches
+        return torch.zeros(x.shape, dtype=out_dtype or x.dtype, device=x.device)
     length = x.shape[-1]
     n1, n2 = fourstep_plan(length)
     taps = min(kernel.shape[-1], length)  # lags ≥ L never reach an output
@@ -138,19 +140,21 @@ class _CausalConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        # Each gradient is again a causal convolution (in reversed time), computed by the public
+        # function: under create_graph it records its own graph, so second derivatives work.
         x, kernel, skip = ctx.saved_tensors
         k_len = kernel.shape[-1]
-        g_rev = grad.flip(-1)
+        g_rev = grad.float().flip(-1)
         gx = gk = gskip = None
         if ctx.needs_input_grad[0]:
-            # ∂x[n] = Σ_{m ≥ n} g[m] · k[m − n]: causal in reversed time.
-            gx = _causal(g_rev, kernel, None, torch.float32).flip(-1)
+            # ∂x[n] = Σ_{m ≥ n} g[m] · k[m − n].
+            gx = causal_fft_conv_fourstep(g_rev, kernel, None).flip(-1)
             if skip is not None:
                 gx = gx + skip.float()[:, None] * grad.float()
             gx = gx.to(x.dtype)
         if ctx.needs_input_grad[1]:
             # ∂k[j] = Σ_n g[n] · x[n − j] (j < L; longer taps never reach an output).
-            corr = _causal(g_rev, x, None, torch.float32)
+            corr = causal_fft_conv_fourstep(g_rev, x, None)
             if kernel.dim() == 2:
                 corr = corr.sum(0)
             corr = corr.flip(-1)[..., :k_len]
