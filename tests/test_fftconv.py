@@ -272,3 +272,14 @@ def test_compiled_backend_with_inductor_matches_reference_forward_and_gradients(
         torch.autograd.grad(got.square().sum(), inputs),
         1e-5,
     )
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 40), (2, 0, 40), (2, 3, 0), (0, 3, 4, 5)])
+def test_empty_inputs_give_empty_outputs(shape):
+    nd = len(shape) - 2
+    kernel = torch.randn(shape[1], *([3] * nd))
+    x = torch.randn(*shape, requires_grad=True)
+    y = fft_conv(x, kernel, mode="causal" if nd == 1 else "zero")
+    assert y.shape == x.shape and y.dtype == x.dtype
+    y.sum().backward()
+    assert x.grad.shape == x.shape

@@ -104,6 +104,9 @@ def fft_conv(
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
         raise ValueError(f"fft_conv: chunk_size must be a positive int or None, got {chunk_size!r}")
+    if x.numel() == 0:  # an empty batch, channel set or axis: cuFFT and MKL refuse empty batches
+        y = x * 0
+        return y.movedim(1, -1) if channels_last else y
     facts = {
         "device": x.device,
         "dtype": x.dtype,
