@@ -229,7 +229,8 @@ def test_cuda_dispatch_traces_inside_an_outer_compile():
     torch.compile probed an import, which dynamo cannot trace."""
     from subq.ops import fftconv as ops
 
-    facts = {"device": "cuda", "dtype": torch.bfloat16, "modes": ("causal",)}
+    facts = {"device": "cuda", "dtype": torch.bfloat16, "modes": ("causal",), "length": 64}
+    facts["kernel_dtype"] = torch.float32
 
     def choose(x):
         ops.gated_fft_conv_op.decide(facts)
@@ -277,9 +278,19 @@ def test_compiled_backend_with_inductor_matches_reference_forward_and_gradients(
 @pytest.mark.parametrize("shape", [(0, 3, 40), (2, 0, 40), (2, 3, 0), (0, 3, 4, 5)])
 def test_empty_inputs_give_empty_outputs(shape):
     nd = len(shape) - 2
-    kernel = torch.randn(shape[1], *([3] * nd))
+    kernel = torch.randn(shape[1], *([3] * nd), requires_grad=True)
+    skip = torch.randn(shape[1], requires_grad=True)
     x = torch.randn(*shape, requires_grad=True)
-    y = fft_conv(x, kernel, mode="causal" if nd == 1 else "zero")
+    mode = "causal" if nd == 1 else "zero"
+    y = fft_conv(x, kernel, skip, mode=mode)
     assert y.shape == x.shape and y.dtype == x.dtype
     y.sum().backward()
-    assert x.grad.shape == x.shape
+    for t in (x, kernel, skip):  # every input gets a (zero) gradient, none raises
+        assert t.grad is not None and t.grad.shape == t.shape and not t.grad.any()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fft_conv(x, kernel, mode=mode, backend="bogus")
+
+
+def test_kernel_without_taps_is_refused():
+    with pytest.raises(ValueError, match="at least one tap along each spatial axis"):
+        fft_conv(torch.randn(1, 2, 8), torch.randn(2, 0), mode="causal")

@@ -88,6 +88,11 @@ def fft_conv(
             f"fft_conv: kernel must be [C, *K] or [B, C, *K] with {nd} spatial axes like x "
             f"(rank {nd + 1} or {nd + 2}), got rank {kernel.ndim} (shape {tuple(kernel.shape)})"
         )
+    if min(kernel.shape[-nd:]) < 1:
+        raise ValueError(
+            f"fft_conv: kernel needs at least one tap along each spatial axis, got kernel of "
+            f"shape {tuple(kernel.shape)}"
+        )
     if kernel.shape[-nd - 1] != channels:
         raise ValueError(
             f"fft_conv: kernel channels must equal x's channels {channels}, got kernel of shape "
@@ -104,17 +109,21 @@ def fft_conv(
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
         raise ValueError(f"fft_conv: chunk_size must be a positive int or None, got {chunk_size!r}")
-    if x.numel() == 0:  # an empty batch, channel set or axis: cuFFT and MKL refuse empty batches
-        y = x * 0
-        return y.movedim(1, -1) if channels_last else y
     facts = {
         "device": x.device,
         "dtype": x.dtype,
         "modes": modes,
         "shape": tuple(x.shape),
         "length": x.shape[-1],
+        "kernel_dtype": kernel.dtype,
     }
-    y = fft_conv_op.select(facts, backend)(x, kernel, skip, modes, chunk_size)
+    run = fft_conv_op.select(facts, backend)
+    if x.numel() == 0:
+        # An empty batch, channel set or axis (cuFFT and MKL refuse empty batches): zeros that
+        # still depend on kernel and skip, so their gradients are zeros, not an error.
+        y = x * 0 + kernel.sum() * 0 + (0 if skip is None else skip.sum() * 0)
+    else:
+        y = run(x, kernel, skip, modes, chunk_size)
     return y.movedim(1, -1) if channels_last else y
 
 

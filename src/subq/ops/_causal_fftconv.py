@@ -12,10 +12,10 @@ padding is materialised and no half of the output is thrown away.
 
 The ``P``-point DFT runs as a four-step transform with ``P = N1 · N2``, ``N1`` ∈ {8, 16}:
 on the row-major ``[N1, N2]`` view, a size-``N1`` DFT down the columns, a twiddle, then size-``N2``
-DFTs along the rows. The first step is cheap exact float32 arithmetic that fuses with the read of
-``x`` (any float dtype) and with the twist ``ωⁿ = ω^(N2·n1) · ω^(n2)``; the second is a batch of
-short cuFFT transforms, which run near copy bandwidth (long ones do not). So one call is five passes
-over memory:
+DFTs along the rows. The first step is a few float32 multiply-adds per point (no TF32 rounding)
+that fuse with the read of ``x`` (any float dtype) and with the twist
+``ωⁿ = ω^(N2·n1) · ω^(n2)``; the second is a batch of short cuFFT transforms, which run near copy
+bandwidth (long ones do not). So one call is five passes over memory:
 
 1. twist + column DFT (Triton): ``x`` → ``S`` (complex64, ``P`` points per row);
 2. cuFFT along the rows of ``S``;
@@ -23,8 +23,8 @@ over memory:
 4. inverse cuFFT along the rows;
 5. conjugate twiddle + inverse column DFT + real part + ``D ⊙ x`` + cast (Triton): → ``y``.
 
-Steps 1 and 5 run as Triton kernels on CUDA (and under ``TRITON_INTERPRET=1``); elsewhere they run
-as the same math in PyTorch, so the decomposition is tested on any machine. All spectral math is
+Steps 1, 3 and 5 run as Triton kernels on CUDA (and under ``TRITON_INTERPRET=1``); elsewhere they
+run as the same math in PyTorch, so the decomposition is tested on any machine. All spectral math is
 float32. Gradients use the same pipeline: ``∂x`` is the time-reversed causal convolution of the
 time-reversed output gradient with the kernel, ``∂k`` the same with ``x`` as a per-row kernel.
 """

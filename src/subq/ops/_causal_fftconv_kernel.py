@@ -1,10 +1,10 @@
-"""Triton kernels of the four-step causal FFT convolution (steps 1 and 5 of
+"""Triton kernels of the four-step causal FFT convolution (steps 1, 3 and 5 of
 :mod:`subq.ops._causal_fftconv`). Imported only when those steps run on CUDA or under the
 Triton interpreter.
 
-Both kernels own an ``[N1, BN]`` tile of one row's ``[N1, N2]`` view: the size-``N1`` DFT is an
-exact float32 broadcast-and-sum over an ``[N1, N1, BN]`` block (``N1 ≤ 32``: cheaper than a
-tensor-core product at this size, and no TF32 rounding), fused with the row's read or write.
+Both kernels own an ``[N1, BN]`` tile of one row's ``[N1, N2]`` view: the size-``N1`` DFT is
+``N1`` rounds of float32 multiply-adds over the tile (``N1 ≤ 32``: cheaper than a tensor-core
+product at this size, and no TF32 rounding of the operands), fused with the row's read or write.
 """
 
 from __future__ import annotations
@@ -109,10 +109,10 @@ def _launch(rows: int, n1: int, n2: int, elem_size: int) -> tuple[tuple[int, int
 def twist_dft(rows: Tensor, taps: int, g: Tensor, t: Tensor, n1: int, n2: int) -> Tensor:
     """Step 1 for ``rows`` ``[..., M]`` (first ``taps`` entries): complex64 ``[..., N1, N2]``."""
     rows = rows.contiguous()
-    out = torch.empty((*rows.shape[:-1], n1, n2), dtype=torch.complex64, device=rows.device)
     count = rows.numel() // max(rows.shape[-1], 1)
-    if count == 0:
-        return out
+    if count == 0 or taps == 0:  # nothing to read: the transform of zeros
+        return torch.zeros((*rows.shape[:-1], n1, n2), dtype=torch.complex64, device=rows.device)
+    out = torch.empty((*rows.shape[:-1], n1, n2), dtype=torch.complex64, device=rows.device)
     grid, block, warps = _launch(count, n1, n2, rows.element_size())
     _twist_dft_kernel[grid](
         rows, torch.view_as_real(out), torch.view_as_real(g), torch.view_as_real(t),
@@ -134,14 +134,16 @@ def untwist_idft(
     """Step 5: ``[..., C, N1, N2]`` complex64 → ``[..., C, length]`` in ``out_dtype``."""
     n1, n2 = c.shape[-2:]
     c = c.contiguous()
-    x = x.contiguous()
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    if skip is not None:  # the kernel reads x and skip only for the skip term, flat-indexed
+        x = x.contiguous()
+        skip = skip.contiguous()
     count = x.numel() // max(length, 1)
     if count == 0:
         return y
     grid, block, warps = _launch(count, n1, n2, 4)
     _untwist_idft_kernel[grid](
-        torch.view_as_real(c), y, x, skip if skip is not None else x,
+        torch.view_as_real(c), y, x if skip is not None else y, skip if skip is not None else y,
         torch.view_as_real(g), torch.view_as_real(t),
         length, n2, x.shape[-2], scale,
         HAS_SKIP=skip is not None, N1=n1, BN=block, num_warps=warps,

@@ -47,13 +47,21 @@ class Backend:
         name: short name, used in ``backend=`` arguments and in explanations.
         fn: the implementation; called with the op's arguments.
         devices: device types this backend targets (``("cuda",)``); empty means any.
-        check: ``facts -> None | reason``; None means it can run.
+        check: ``facts -> None | reason``; None means it can run. Passing over a backend for a
+            reason from ``check`` is a fallback (strict dispatch refuses it).
+        scope: ``facts -> None | reason``: the kinds of problem the backend is for, like
+            ``devices``; out of scope is not a fallback, and a backend named by ``backend=``
+            must be in scope too.
+        prefer: ``facts -> None | reason``: where the dispatcher prefers a later backend
+            (measured faster); not a fallback, and a backend named by ``backend=`` still runs.
     """
 
     name: str
     fn: Callable[..., Any]
     devices: tuple[str, ...] = ()
     check: Callable[[Mapping[str, Any]], str | None] = lambda facts: None
+    scope: Callable[[Mapping[str, Any]], str | None] = lambda facts: None
+    prefer: Callable[[Mapping[str, Any]], str | None] = lambda facts: None
 
     def applies_to(self, device_type: str) -> bool:
         return not self.devices or device_type in self.devices
@@ -128,10 +136,14 @@ class Op:
                 )
             chosen = by_name[backend]
             reason = (
-                None
-                if chosen.applies_to(device_type)
-                else f"targets {'/'.join(chosen.devices)}, not {device_type}"
-            ) or chosen.check(facts)
+                (
+                    None
+                    if chosen.applies_to(device_type)
+                    else f"targets {'/'.join(chosen.devices)}, not {device_type}"
+                )
+                or chosen.scope(facts)
+                or chosen.check(facts)
+            )
             if reason is not None:
                 raise BackendUnavailableError(
                     f"{self.name}: backend '{backend}' cannot run: {reason}"
@@ -142,6 +154,10 @@ class Op:
         for b in self.backends:
             if not b.applies_to(device_type):
                 rejected.append((b.name, f"targets {'/'.join(b.devices)}, not {device_type}"))
+                continue
+            reason = b.scope(facts) or b.prefer(facts)
+            if reason is not None:  # not this backend's kind of problem: not a fallback
+                rejected.append((b.name, reason))
                 continue
             reason = b.check(facts)
             if reason is None:

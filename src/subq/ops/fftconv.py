@@ -359,22 +359,42 @@ def _gated_fourstep(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_si
 FOURSTEP_MAX_LENGTH = 131072
 
 
-def _fourstep_check(facts: Mapping[str, Any]) -> str | None:
-    """Whether the ``fourstep`` backend can run: 1D causal, a float dtype, eager, Triton."""
+def _fourstep_scope(facts: Mapping[str, Any]) -> str | None:
+    """What the ``fourstep`` backend is for: eager 1D causal convolution in float32 or narrower.
+
+    Outside it another backend is the intended path, not a fallback: inside ``torch.compile`` and
+    under ``torch.func`` transforms the ``compiled`` backend traces the plain math.
+    """
     if tuple(facts["modes"]) != ("causal",):
         return f"modes {tuple(facts['modes'])} (the four-step kernels are for 1D causal only)"
-    if facts["dtype"] not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"dtype {facts['dtype']} (the four-step path is for float16/bfloat16/float32)"
+    for key in ("dtype", "kernel_dtype"):
+        if facts[key] == torch.float64:
+            return f"{key} float64 (the four-step path computes in float32)"
     if torch.compiler.is_compiling():
         return "inside torch.compile (the compiled backend traces its math into the graph)"
     if torch._C._functorch.maybe_current_level() is not None:
         return "under a torch.func transform (its kernels have no batching or functional rule)"
-    if facts.get("length", 0) > FOURSTEP_MAX_LENGTH:
+    return None
+
+
+def _fourstep_prefer(facts: Mapping[str, Any]) -> str | None:
+    """Where the dispatcher prefers ``compiled``: rows longer than any measured faster."""
+    if facts["length"] > FOURSTEP_MAX_LENGTH:
         return (
-            f"length {facts['length']} > {FOURSTEP_MAX_LENGTH} (not yet measured faster than "
-            "'compiled' there; backend='fourstep' runs it)"
+            f"length {facts['length']} > {FOURSTEP_MAX_LENGTH} (not measured faster than "
+            "'compiled' there; backend='fourstep' still runs it)"
         )
+    return None
+
+
+def _fourstep_check(facts: Mapping[str, Any]) -> str | None:
+    """Whether the ``fourstep`` backend can run: a float16/bfloat16/float32 input and Triton."""
+    if facts["dtype"] not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {facts['dtype']} (the four-step path is for float16/bfloat16/float32)"
     return module_available("triton")
+
+
+_FOURSTEP = {"scope": _fourstep_scope, "prefer": _fourstep_prefer, "check": _fourstep_check}
 
 
 def _gated_compiled(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):
@@ -428,19 +448,29 @@ def fft_conv_direct(x: Tensor, kernel: Tensor, skip: Tensor | None, modes: Seque
 fft_conv_op = Op(
     "fft_conv",
     [
-        Backend("fourstep", _fft_conv_fourstep, devices=("cuda",), check=_fourstep_check),
+        Backend("fourstep", _fft_conv_fourstep, devices=("cuda",), **_FOURSTEP),
         Backend("compiled", _fft_conv_compiled, devices=("cuda",), check=compiled_check),
         Backend("reference", fft_conv_reference),
     ],
-    example_facts={"dtype": torch.bfloat16, "modes": ("causal",)},
+    example_facts={
+        "dtype": torch.bfloat16,
+        "kernel_dtype": torch.float32,
+        "modes": ("causal",),
+        "length": 4096,
+    },
 )
 
 gated_fft_conv_op = Op(
     "gated_fft_conv",
     [
-        Backend("fourstep", _gated_fourstep, devices=("cuda",), check=_fourstep_check),
+        Backend("fourstep", _gated_fourstep, devices=("cuda",), **_FOURSTEP),
         Backend("compiled", _gated_compiled, devices=("cuda",), check=compiled_check),
         Backend("reference", gated_fft_conv_reference),
     ],
-    example_facts={"dtype": torch.bfloat16, "modes": ("causal",)},
+    example_facts={
+        "dtype": torch.bfloat16,
+        "kernel_dtype": torch.float32,
+        "modes": ("causal",),
+        "length": 4096,
+    },
 )
