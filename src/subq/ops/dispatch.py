@@ -5,11 +5,14 @@ which accepts everything. A backend's ``check(facts)`` returns ``None`` if it ca
 reason why not. Facts are static (device, dtype, shapes, flags), never tensor values, so dispatch
 costs a few Python comparisons and is traced away by ``torch.compile``.
 
-A backend that is *not applicable* to the device type (a CUDA kernel asked about a CPU tensor) is
-passed over without counting as a fallback (explanations still list it). A backend that *applies* but is rejected (quack not installed, wrong compute
-capability, unsupported dtype) is a fallback: in strict mode (``subq.ops.strict()`` or
-``SUBQ_STRICT_DISPATCH=1``) a fallback raises :class:`BackendUnavailableError` instead.
-Asking for a backend by name that cannot run always raises.
+A backend that is *not applicable* is passed over without counting as a fallback (explanations
+still list it): a device type it does not target (a CUDA kernel asked about a CPU tensor), a
+problem outside its ``scope`` (a 1D causal kernel asked about a 2D convolution), or facts where
+the op ``prefer``-s a later backend (measured faster there). A backend that *applies* but is
+rejected by its ``check`` (quack not installed, wrong compute capability, unsupported dtype) is a
+fallback: in strict mode (``subq.ops.strict()`` or ``SUBQ_STRICT_DISPATCH=1``) a fallback raises
+:class:`BackendUnavailableError` instead. Asking for a backend by name that cannot run (wrong
+device, out of scope, failed check) always raises; a preference does not stop a named backend.
 """
 
 from __future__ import annotations
