@@ -116,6 +116,36 @@ def test_strict_mode_raises_on_fallback(ops_registry):
     assert op.decide(facts).chosen == "reference"
 
 
+def test_scope_and_prefer_are_not_fallbacks(ops_registry):
+    def scope(facts):
+        return None if facts.get("rank", 1) == 1 else f"rank {facts['rank']} (1D only)"
+
+    def prefer(facts):
+        return "long rows are faster elsewhere" if facts.get("length", 0) > 100 else None
+
+    op = Op(
+        "test_scoped",
+        [
+            Backend("fast", lambda: "fast", scope=scope, prefer=prefer, check=_needs_fp16),
+            Backend("reference", lambda: "reference"),
+        ],
+    )
+    fp16 = {"device": "cpu", "dtype": torch.float16}
+    with strict():
+        assert op.decide(fp16 | {"rank": 2}).chosen == "reference"  # out of scope: no raise
+        decision = op.decide(fp16 | {"length": 500})
+        assert decision.chosen == "reference"
+        assert decision.rejected == (("fast", "long rows are faster elsewhere"),)
+        with pytest.raises(BackendUnavailableError, match="refusing to fall back"):
+            op.decide({"device": "cpu", "dtype": torch.float32})  # a failed check still is
+    # Named: a preference does not stop it; scope and check do.
+    assert op.decide(fp16 | {"length": 500}, "fast").chosen == "fast"
+    with pytest.raises(BackendUnavailableError, match=r"cannot run: rank 2 \(1D only\)"):
+        op.decide(fp16 | {"rank": 2}, "fast")
+    with pytest.raises(BackendUnavailableError, match="is not float16"):
+        op.decide({"device": "cpu", "dtype": torch.float32, "length": 500}, "fast")
+
+
 def test_strict_mode_from_environment_and_nesting(ops_registry, monkeypatch):
     op = _op()
     facts = {"device": "cpu", "dtype": torch.float32}
