@@ -18,27 +18,44 @@ __all__ = ["cmul_", "twist_dft", "untwist_idft"]
 
 
 @triton.jit
+def _tile(n2_size, N1: tl.constexpr, BN: tl.constexpr):
+    # This program's row and column block m2, the column-DFT index, the in-row mask, and the
+    # offsets of a complex number's two floats.
+    m2 = tl.program_id(1) * BN + tl.arange(0, BN)
+    pair = tl.arange(0, 2)[None, :]
+    return tl.program_id(0).to(tl.int64), m2, tl.arange(0, N1), m2 < n2_size, pair
+
+
+@triton.jit
+def _g_row(G, k1, m1, N1: tl.constexpr):
+    # G[k1, m1] for all m1: real and imaginary parts.
+    off = (k1 * N1 + m1) * 2
+    return tl.load(G + off), tl.load(G + off + 1)
+
+
+@triton.jit
+def _t_row(T, off, in_row, pair):
+    # T at flat offsets ``off`` (one row k1): real and imaginary parts.
+    return tl.split(tl.load(T + off[:, None] * 2 + pair, mask=in_row[:, None], other=0.0))
+
+
+@triton.jit
 def _twist_dft_kernel(
     X, S, G, T,
     row_len, taps, n2_size,
     N1: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    m2 = tl.program_id(1) * BN + tl.arange(0, BN)
-    m1 = tl.arange(0, N1)
-    in_row = m2 < n2_size
-    pair = tl.arange(0, 2)[None, :]
+    row, m2, m1, in_row, pair = _tile(n2_size, N1, BN)
     n = m1[:, None] * n2_size + m2[None, :]
     keep = in_row[None, :] & (n < taps)
     x = tl.load(X + row * row_len + n, mask=keep, other=0.0).to(tl.float32)  # [m1, m2]
     # One output row k1 at a time: s[k1, m2] = T[k1, m2] · Σ_m1 G[k1, m1] · x[m1, m2].
     for k1 in tl.static_range(N1):
-        gr = tl.load(G + (k1 * N1 + m1) * 2)
-        gi = tl.load(G + (k1 * N1 + m1) * 2 + 1)
+        gr, gi = _g_row(G, k1, m1, N1)
         ar = tl.sum(gr[:, None] * x, axis=0)
         ai = tl.sum(gi[:, None] * x, axis=0)
         off = k1 * n2_size + m2
-        tr, ti = tl.split(tl.load(T + off[:, None] * 2 + pair, mask=in_row[:, None], other=0.0))
+        tr, ti = _t_row(T, off, in_row, pair)
         out = tl.join(ar * tr - ai * ti, ar * ti + ai * tr)
         tl.store(S + (row * N1 * n2_size + off)[:, None] * 2 + pair, out, mask=in_row[:, None])
 
@@ -62,23 +79,17 @@ def _untwist_idft_kernel(
     length, n2_size, channels, scale,
     HAS_SKIP: tl.constexpr, N1: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    m2 = tl.program_id(1) * BN + tl.arange(0, BN)
-    m1 = tl.arange(0, N1)
-    in_row = m2 < n2_size
-    pair = tl.arange(0, 2)[None, :]
+    row, m2, m1, in_row, pair = _tile(n2_size, N1, BN)
     y = tl.zeros([N1, BN], dtype=tl.float32)
     # Inverse column DFT as N1 outer products: y[m1, m2] += Re(conj(G[k1, m1] T[k1, m2]) c[k1, m2]).
     for k1 in tl.static_range(N1):
         off = k1 * n2_size + m2
         c = tl.load(C + (row * N1 * n2_size + off)[:, None] * 2 + pair, mask=in_row[:, None])
         cr, ci = tl.split(c)
-        t = tl.load(T + off[:, None] * 2 + pair, mask=in_row[:, None], other=0.0)
-        tr, ti = tl.split(t)
+        tr, ti = _t_row(T, off, in_row, pair)
         dr = cr * tr + ci * ti
         di = ci * tr - cr * ti
-        gr = tl.load(G + (k1 * N1 + m1) * 2)
-        gi = tl.load(G + (k1 * N1 + m1) * 2 + 1)
+        gr, gi = _g_row(G, k1, m1, N1)
         y += gr[:, None] * dr[None, :] + gi[:, None] * di[None, :]
     y *= scale
     n = m1[:, None] * n2_size + m2[None, :]
