@@ -120,7 +120,7 @@ def _causal(
     n1, n2 = fourstep_plan(length)
     taps = min(kernel.shape[-1], length)  # lags ≥ L never reach an output
     spec = _spectrum(kernel, taps, n1, n2)
-    s = torch.fft.fft(_twist_dft(x, length, n1, n2), dim=-1)
+    s = _spectrum(x, length, n1, n2)
     if _use_triton(s.device):
         from subq.ops._causal_fftconv_kernel import cmul_
 
