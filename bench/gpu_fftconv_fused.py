@@ -6,7 +6,7 @@ Parity: the ``fourstep`` backend against a float64 FFT on CUDA (forward and grad
 lengths, per-sample kernels, kernels longer and shorter than the input). Speed: B4 × C1024 × L
 bf16 causal convolution with an L-tap kernel and a skip, ``fourstep`` against the eager
 ``rfft``/``irfft`` baseline (n = 2L, float32) and the ``compiled`` backend, same run; then a
-per-kernel profile of ``fourstep`` at 16k. Rows go to ``$OUT/fftconv_fourstep.json``.
+per-step timing of ``fourstep`` at 4k and 16k. Rows go to ``$OUT/fftconv_fourstep.json``.
 """
 
 from __future__ import annotations
@@ -17,19 +17,14 @@ from pathlib import Path
 
 import torch
 import triton.testing
-from torch.profiler import ProfilerActivity, profile
 
+from subq.bench.fftconv import _baseline_causal as baseline
 from subq.ops import fftconv as ops
 from subq.ops._causal_fftconv import causal_fft_conv_fourstep
 
 
-def baseline(x, k, d):
-    n = 2 * x.shape[-1]
-    y = torch.fft.irfft(torch.fft.rfft(x.float(), n=n) * torch.fft.rfft(k.float(), n=n), n=n)
-    return (y[..., : x.shape[-1]] + d[:, None] * x.float()).to(x.dtype)
-
-
 def rel(a, b):
+    # Max-norm relative error against the reference b (the figures in the recorded JSON).
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
@@ -132,19 +127,6 @@ def steps(length: int) -> None:
     ]:  # fmt: skip
         ms = triton.testing.do_bench(fn, warmup=5, rep=40)
         print(f"step L{length} {name:14s} {ms:.4f} ms {nbytes / ms / 1e9:.2f} TB/s", flush=True)
-
-
-def profile_fourstep() -> None:
-    x = torch.randn(4, 1024, 16384, device="cuda").bfloat16()
-    k = torch.randn(1024, 16384, device="cuda") / 128
-    d = torch.randn(1024, device="cuda")
-    causal_fft_conv_fourstep(x, k, d)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            causal_fft_conv_fourstep(x, k, d)
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10,
-                                    max_name_column_width=50), flush=True)  # fmt: skip
 
 
 def main() -> None:
