@@ -256,9 +256,8 @@ def _gated_core(
     forward FFT, and the crop, skip, value gate, transpose and cast into the pass after.
     """
     cdt = kspec.real.dtype
-    z = (q.to(cdt) * torch.sigmoid(k.to(cdt))).movedim(-1, 1)
-    h = _conv_core(z, kspec, skip, sizes, cdt).movedim(1, -1)
-    return (h * value_gate_fn(value_gate, v.to(cdt))).to(q.dtype)
+    h = _conv_core(_gate_in(q, k, cdt), kspec, skip, sizes, cdt)
+    return _gate_out(h, v, value_gate, q.dtype)
 
 
 def gated_fft_conv_reference(
@@ -329,14 +328,20 @@ def _fft_conv_fourstep(x, kernel, skip, modes, chunk_size=None, fast_sizes=True)
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
-def _gate_in(q: Tensor, k: Tensor) -> Tensor:
-    """``z = q ⊙ σ(k)`` in float32, channels-first and contiguous (one pass when compiled)."""
-    return (q.float() * torch.sigmoid(k.float())).movedim(-1, 1).contiguous()
+def _gate_in(q: Tensor, k: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``z = q ⊙ σ(k)`` in ``dtype``, channels first (one pass when compiled)."""
+    return (q.to(dtype) * torch.sigmoid(k.to(dtype))).movedim(-1, 1)
+
+
+def _gate_in_rows(q: Tensor, k: Tensor) -> Tensor:
+    """``z`` in float32 as contiguous ``[B, C, L]`` rows for the four-step kernels (the layout
+    change fuses into the gate's pass when compiled)."""
+    return _gate_in(q, k).contiguous()
 
 
 def _gate_out(h: Tensor, v: Tensor, value_gate: str, dtype: torch.dtype) -> Tensor:
-    """``h ⊙ σ₂(v)`` back to channels-last, in ``dtype`` (one pass when compiled)."""
-    return (h.movedim(1, -1) * value_gate_fn(value_gate, v.float())).to(dtype)
+    """``h ⊙ σ₂(v)`` back to channels last, computed in ``h``'s dtype, returned in ``dtype``."""
+    return (h.movedim(1, -1) * value_gate_fn(value_gate, v.to(h.dtype))).to(dtype)
 
 
 def _gated_fourstep(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):
@@ -345,7 +350,7 @@ def _gated_fourstep(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_si
     outs = []
     for start, width in _chunks(q.shape[-1], chunk_size):
         qs, ks_, vs = (t.narrow(-1, start, width) for t in (q, k, v))
-        gate_in = compiled_for("gate_in", _gate_in, tensor_signature(qs, ks_))
+        gate_in = compiled_for("gate_in", _gate_in_rows, tensor_signature(qs, ks_))
         z = gate_in(qs, ks_)
         kern = kernel.narrow(kernel.ndim - 2, start, width)
         h = causal_fft_conv_fourstep(z, kern, skip.narrow(0, start, width))
