@@ -164,7 +164,8 @@ def test_dispatch_reasons(monkeypatch):
     assert ops._fourstep_scope(facts) is None and ops._fourstep_check(facts) is None
     assert ops.fft_conv_op.decide(facts).chosen == "fourstep"
     assert ops.gated_fft_conv_op.decide(facts).chosen == "fourstep"
-    assert "1D causal only" in ops._fourstep_scope(facts | {"modes": ("zero", "zero")})
+    assert "1D causal and 2D zero" in ops._fourstep_scope(facts | {"modes": ("zero", "circular")})
+    assert ops._fourstep_scope(facts | {"modes": ("zero", "zero")}) is None
     assert ops._fourstep_scope(facts | {"dtype": torch.float64}).startswith("dtype float64")
     assert ops._fourstep_scope(facts | {"kernel_dtype": torch.float64}).startswith(
         "kernel_dtype float64"
@@ -173,13 +174,17 @@ def test_dispatch_reasons(monkeypatch):
     torch.func.vmap(lambda t: seen.append(ops._fourstep_scope(facts)) or t)(torch.zeros(2))
     assert "torch.func" in seen[0]
     assert ops.fft_conv_op.decide(facts | {"modes": ("zero",)}).chosen == "compiled"
+    # The 2D zero-padded path has no length preference (the 1D row limit is not its).
+    assert ops.fft_conv_op.decide(facts | {"modes": ("zero", "zero"), "length": 10**6}).chosen == (
+        "fourstep"
+    )
     assert ops.fft_conv_op.decide(facts | {"length": ops.FOURSTEP_MAX_LENGTH}).chosen == "fourstep"
     too_long = facts | {"length": ops.FOURSTEP_MAX_LENGTH + 1}
     assert ops._fourstep_prefer(too_long).startswith(f"length {ops.FOURSTEP_MAX_LENGTH + 1} > ")
     assert ops.fft_conv_op.decide(too_long).chosen == "compiled"
     # A named backend runs past the dispatcher's preference, but not out of its scope.
     assert ops.fft_conv_op.decide(too_long, "fourstep").chosen == "fourstep"
-    with pytest.raises(BackendUnavailableError, match="1D causal only"):
+    with pytest.raises(BackendUnavailableError, match="1D causal and 2D zero"):
         ops.fft_conv_op.decide(facts | {"modes": ("zero",)}, "fourstep")
     monkeypatch.setattr(ops, "module_available", lambda name: f"{name} is not installed")
     assert ops._fourstep_check(facts) == "triton is not installed"
@@ -193,7 +198,7 @@ def test_strict_dispatch_passes_over_fourstep_without_a_fallback(monkeypatch):
     monkeypatch.setattr(_compile, "module_available", lambda name: None)
     with strict():
         for other in (
-            {"modes": ("zero", "zero")},
+            {"modes": ("zero", "circular")},
             {"length": ops.FOURSTEP_MAX_LENGTH + 1},
             {"kernel_dtype": torch.float64, "dtype": torch.float32},
         ):

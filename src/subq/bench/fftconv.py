@@ -277,7 +277,13 @@ def bench_fftconv(device: torch.device, quick: bool) -> list[dict[str, Any]]:
             ("subq reference", lambda x, k, d: fft_conv(x, k, d, mode="zero", backend="reference")),
         ]
         if device.type == "cuda":
-            impls.append(("subq compiled", lambda x, k, d: fft_conv(x, k, d, mode="zero")))
+            impls += [
+                ("subq fourstep (dispatched)", lambda x, k, d: fft_conv(x, k, d, mode="zero")),
+                (
+                    "subq compiled",
+                    lambda x, k, d: fft_conv(x, k, d, mode="zero", backend="compiled"),
+                ),
+            ]
         rows += _time_impls(
             "2D same fft conv",
             shape,

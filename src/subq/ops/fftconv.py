@@ -318,12 +318,21 @@ def _fft_conv_compiled(x, kernel, skip, modes, chunk_size=None, fast_sizes=True)
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
-def _fft_conv_fourstep(x, kernel, skip, modes, chunk_size=None, fast_sizes=True) -> Tensor:
-    from subq.ops._causal_fftconv import causal_fft_conv_fourstep
+def _fourstep_conv(x: Tensor, kernel: Tensor, skip: Tensor | None, modes) -> Tensor:
+    """The four-step convolution for ``modes`` (in ``_fourstep_scope``): 1D causal or 2D zero."""
+    if tuple(modes) == ("causal",):
+        from subq.ops._causal_fftconv import causal_fft_conv_fourstep
 
+        return causal_fft_conv_fourstep(x, kernel, skip)
+    from subq.ops._same_fftconv2d import same_fft_conv2d
+
+    return same_fft_conv2d(x, kernel, skip)
+
+
+def _fft_conv_fourstep(x, kernel, skip, modes, chunk_size=None, fast_sizes=True) -> Tensor:
     outs = [
-        causal_fft_conv_fourstep(xs, ks, ss)
-        for xs, ks, ss in _channel_chunks(x, kernel, skip, 1, chunk_size)
+        _fourstep_conv(xs, ks, ss, modes)
+        for xs, ks, ss in _channel_chunks(x, kernel, skip, len(modes), chunk_size)
     ]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
@@ -345,15 +354,14 @@ def _gate_out(h: Tensor, v: Tensor, value_gate: str, dtype: torch.dtype) -> Tens
 
 
 def _gated_fourstep(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):
-    from subq.ops._causal_fftconv import causal_fft_conv_fourstep
-
+    nd = len(modes)
     outs = []
     for start, width in _chunks(q.shape[-1], chunk_size):
         qs, ks_, vs = (t.narrow(-1, start, width) for t in (q, k, v))
         gate_in = compiled_for("gate_in", _gate_in_rows, tensor_signature(qs, ks_))
         z = gate_in(qs, ks_)
-        kern = kernel.narrow(kernel.ndim - 2, start, width)
-        h = causal_fft_conv_fourstep(z, kern, skip.narrow(0, start, width))
+        kern = kernel.narrow(kernel.ndim - nd - 1, start, width)
+        h = _fourstep_conv(z, kern, skip.narrow(0, start, width), modes)
         gate_out = compiled_for("gate_out", _gate_out, (*tensor_signature(h, vs), value_gate))
         outs.append(gate_out(h, vs, value_gate, q.dtype))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
@@ -365,13 +373,17 @@ FOURSTEP_MAX_LENGTH = 131072
 
 
 def _fourstep_scope(facts: Mapping[str, Any]) -> str | None:
-    """What the ``fourstep`` backend is for: eager 1D causal convolution in float32 or narrower.
+    """What the ``fourstep`` backend is for: eager 1D causal or 2D zero-padded convolution in
+    float32 or narrower.
 
     Outside it another backend is the intended path, not a fallback: inside ``torch.compile`` and
     under ``torch.func`` transforms the ``compiled`` backend traces the plain math.
     """
-    if tuple(facts["modes"]) != ("causal",):
-        return f"modes {tuple(facts['modes'])} (the four-step kernels are for 1D causal only)"
+    if tuple(facts["modes"]) not in (("causal",), ("zero", "zero")):
+        return (
+            f"modes {tuple(facts['modes'])} (the four-step kernels are for 1D causal and 2D "
+            "zero-padded convolutions)"
+        )
     for key in ("dtype", "kernel_dtype"):
         if facts[key] == torch.float64:
             return f"{key} float64 (the four-step path computes in float32)"
@@ -383,8 +395,8 @@ def _fourstep_scope(facts: Mapping[str, Any]) -> str | None:
 
 
 def _fourstep_prefer(facts: Mapping[str, Any]) -> str | None:
-    """Where the dispatcher prefers ``compiled``: rows longer than any measured faster."""
-    if facts["length"] > FOURSTEP_MAX_LENGTH:
+    """Where the dispatcher prefers ``compiled``: causal rows longer than any measured faster."""
+    if tuple(facts["modes"]) == ("causal",) and facts["length"] > FOURSTEP_MAX_LENGTH:
         return (
             f"length {facts['length']} > {FOURSTEP_MAX_LENGTH} (not measured faster than "
             "'compiled' there; backend='fourstep' still runs it)"

@@ -1,0 +1,225 @@
+"""Zero-padded ("same") 2D FFT convolution by a folded four-step transform: the ``fourstep``
+backend of ``fft_conv`` for two ``"zero"`` axes.
+
+The primitive is a *window* of the linear convolution: per axis,
+``y[n] = Σ_j x[j] · k[n + s0 − j]`` for ``n < M``; ``"same"`` is ``s0 = K // 2``, ``M = N``, and
+both gradients are windows too (of the output gradient with the flipped kernel, and with the
+flipped input as a per-sample kernel). A window is exact on any periodic buffer of size
+``S ≥ max(N + K − 1 − s0, s0 + M)`` per axis once the kernel is stored with tap ``m`` at
+``(m − s0) mod S`` (nothing wraps onto the window), and it stays exact if the wrap carries a sign
+(a *negacyclic* convolution, modulo ``z^S + 1``): the taps stored past the end get negated.
+
+That freedom pays along the last axis (W): a real negacyclic convolution of ``S_W = 2Q`` points
+is a cyclic one of ``Q`` complex points, ``b[j] + i · b[j + Q]`` twisted by ``ω^j``,
+``ω = exp(iπ / 2Q)`` (as in :mod:`subq.ops._causal_fftconv`); so no Hermitian half-spectrum is
+needed and both halves of the output come back as the real and imaginary parts. Along H the
+transform is a plain cyclic DFT of ``S_H = N1 · N2`` points (``N1 = 8``) run four-step: a
+size-``N1`` DFT down the columns of the ``[N1, N2]`` view, fused in one Triton kernel with the read
+of the input (any float dtype, shift, sign, fold and both twiddles), then a 2D cuFFT over
+``[N2, Q]``. So a call is five passes over a ``[N1, N2, Q]`` complex64 buffer per plane:
+
+1. read + fold + column DFT + twiddles (Triton): ``x`` → ``S``;
+2. ``fft2`` over ``[N2, Q]`` (cuFFT);
+3. the product with the kernel's spectrum (made by steps 1–2, once per call);
+4. ``ifft2``;
+5. twiddles + inverse column DFT + unfold + ``D ⊙ x`` + cast (Triton): → ``y``.
+
+Off CUDA (and outside ``TRITON_INTERPRET=1``) steps 1, 3 and 5 run as the same math in PyTorch,
+so the decomposition is tested on any machine. All spectral math is float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from subq.ops._causal_fftconv import _use_triton
+
+__all__ = ["same_fft_conv2d", "window_fft_conv2d", "window_plan"]
+
+#: Size of the column DFT along H (as in the 1D kernels: float32 multiply-adds in registers).
+N1 = 8
+
+
+def window_plan(
+    n: tuple[int, int], k: tuple[int, int], s0: tuple[int, int], m: tuple[int, int], n1: int = N1
+) -> tuple[int, int, int]:
+    """``(N1, N2, Q)`` for a window of ``m`` outputs from ``s0`` of ``n`` samples by ``k`` taps:
+    ``S_H = N1 · N2`` and ``S_W = 2 · Q`` cover the exact size per axis; ``N2``, ``Q`` are
+    2·3·5·7-smooth (fast cuFFT sizes)."""
+    from subq.ops.fftconv import next_fast_len
+
+    # The buffer also holds the whole input, kernel and window (s0 may be negative).
+    need = [max(a + b - 1 - s, s + o, a, b, o) for a, b, s, o in zip(n, k, s0, m)]
+    return n1, next_fast_len(-(-need[0] // n1)), next_fast_len(-(-need[1] // 2))
+
+
+@functools.lru_cache(maxsize=32)
+def _tables(n1: int, n2: int, q: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``G[k1, m1] = exp(−2πi k1 m1 / N1)`` (column DFT) and
+    ``T[k1, m2 · Q + j] = exp(−2πi k1 m2 / S_H) · ω^j`` (four-step twiddle with the W twist),
+    complex64, built in float64."""
+    a = torch.arange(n1, dtype=torch.float64)
+    m2 = torch.arange(n2, dtype=torch.float64)
+    j = torch.arange(q, dtype=torch.float64)
+    turns_g = -torch.outer(a, a) / n1
+    turns_t = -a[:, None, None] * m2[None, :, None] / (n1 * n2) + j[None, None, :] / (4 * q)
+    return tuple(
+        torch.polar(torch.ones_like(t), 2 * math.pi * t).to(device=device, dtype=torch.complex64)
+        for t in (turns_g, turns_t.reshape(n1, n2 * q))
+    )
+
+
+def _source(size: int, shift: int, n: int, device: torch.device):
+    """Per buffer index: the input index it holds (clamped), whether it holds one, and whether
+    it wrapped (``index + shift ≥ size``; negated when the wrap is negacyclic)."""
+    src = torch.arange(size, device=device) + shift
+    wrapped = src >= size
+    src = torch.where(wrapped, src - size, src)
+    ok = (src >= 0) & (src < n)
+    return src.clamp(0, n - 1), ok, wrapped
+
+
+def _fold_dft(planes: Tensor, shift: tuple[int, int], plan: tuple[int, int, int]) -> Tensor:
+    """Step 1 on ``planes`` ``[..., Hin, Win]``: the periodic buffer ``b`` (``planes[i + sh, j + sw]``
+    at ``(i, j)``, cyclic along H, negacyclic along W), folded to ``b[:, :Q] + i · b[:, Q:]``, then
+    the column DFT and twiddles: complex64 ``[..., N1, N2, Q]``."""
+    n1, n2, q = plan
+    g, t = _tables(n1, n2, q, planes.device)
+    if _use_triton(planes.device):
+        from subq.ops._same_fftconv2d_kernel import fold_dft
+
+        return fold_dft(planes, shift, g, t, n2, q)
+    b = planes.float()
+    for axis, (size, sign) in enumerate(((n1 * n2, 1.0), (2 * q, -1.0))):
+        src, ok, wrapped = _source(size, shift[axis], b.shape[axis - 2], b.device)
+        scale = torch.where(wrapped, sign, 1.0) * ok
+        b = b.index_select(axis - 2, src) * scale.view(-1, *([1] * (1 - axis)))
+    z = torch.complex(b[..., :q], b[..., q:]).unflatten(-2, (n1, n2))
+    return torch.einsum("km,...mnj->...knj", g, z) * t.view(n1, n2, q)
+
+
+def _unfold_idft(
+    c: Tensor, x: Tensor, skip: Tensor | None, out: tuple[int, int], out_dtype: torch.dtype
+) -> Tensor:
+    """Step 5: ``u[m1 · N2 + m2, j] = Σ_k1 conj(G[k1, m1] · T[k1, m2, j]) · c[k1, m2, j] / (S_H Q)``,
+    then ``y[:, j] = Re u``, ``y[:, j + Q] = Im u``, cropped to ``out``, plus ``skip ⊙ x``."""
+    n1, n2, q = c.shape[-3:]
+    g, t = _tables(n1, n2, q, c.device)
+    scale = 1.0 / (n1 * n2 * q)
+    if _use_triton(c.device):
+        from subq.ops._same_fftconv2d_kernel import unfold_idft
+
+        return unfold_idft(c, x, skip, g, t, out, out_dtype, scale)
+    u = torch.einsum("km,...knj->...mnj", g.conj(), c * t.conj().view(n1, n2, q)) * scale
+    u = u.flatten(-3, -2)
+    y = torch.cat((u.real, u.imag), dim=-1)[..., : out[0], : out[1]]
+    if skip is not None:
+        y = y + skip.float()[:, None, None] * x.float()
+    return y.to(out_dtype)
+
+
+def _spectrum(planes: Tensor, shift: tuple[int, int], plan: tuple[int, int, int]) -> Tensor:
+    """Steps 1–2: the spectrum of the shifted, folded ``planes`` in the four-step order."""
+    return torch.fft.fft2(_fold_dft(planes, shift, plan))
+
+
+def _window(
+    x: Tensor,
+    kernel: Tensor,
+    s0: tuple[int, int],
+    out: tuple[int, int],
+    skip: Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    out_dtype = out_dtype or x.dtype
+    n = tuple(x.shape[-2:])
+    # Taps that cannot reach the window are dropped (so the buffer never holds two taps at once).
+    k, shift = kernel, []
+    for axis in range(2):
+        k_len, d = k.shape[k.ndim - 2 + axis], k.ndim - 2 + axis
+        lo = min(max(0, s0[axis] - (n[axis] - 1)), k_len)
+        hi = max(min(k_len, s0[axis] + out[axis]), lo)
+        k = k.narrow(d, lo, hi - lo)
+        shift.append(s0[axis] - lo)
+    if x.numel() == 0 or k.numel() == 0:
+        y = x.new_zeros((*x.shape[:-2], *out), dtype=torch.float32)
+        if skip is not None:
+            y = y + skip.float()[:, None, None] * x.float()
+        return y.to(out_dtype)
+    shift = tuple(shift)
+    plan = window_plan(n, tuple(k.shape[-2:]), shift, out, N1)
+    spec = _spectrum(k, shift, plan)
+    s = _spectrum(x, (0, 0), plan)
+    if _use_triton(s.device):
+        from subq.ops._causal_fftconv_kernel import cmul_
+
+        cmul_(s, spec)
+    else:
+        s.mul_(spec)
+    # norm="forward": no scaling pass here; step 5 divides by S_H · Q.
+    s = torch.fft.ifft2(s, norm="forward")
+    return _unfold_idft(s, x, skip, out, out_dtype)
+
+
+class _WindowConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel, skip, s0, out):
+        ctx.save_for_backward(x, kernel, skip)
+        ctx.s0, ctx.out = s0, out
+        return _window(x, kernel, s0, out, skip)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # Both gradients are windows again, computed by the public (differentiable) function, so
+        # second derivatives work. With flipped arrays, per axis:
+        # ∂x[j] = Σ_n g[n] k[n + s0 − j] = (g ∗ flip k)[j + K − 1 − s0],
+        # ∂k[m] = Σ_n g[n] x[n + s0 − m] = (g ∗ flip x)[m + N − 1 − s0].
+        x, kernel, skip = ctx.saved_tensors
+        n, k = tuple(x.shape[-2:]), tuple(kernel.shape[-2:])
+        s0 = ctx.s0
+        gx = gk = gskip = None
+        if ctx.needs_input_grad[0]:
+            s_x = (k[0] - 1 - s0[0], k[1] - 1 - s0[1])
+            gx = window_fft_conv2d(grad, kernel.flip(-2, -1), None, s_x, n, torch.float32)
+            if skip is not None:
+                gx = gx + skip.float()[:, None, None] * grad.float()
+            gx = gx.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            s_k = (n[0] - 1 - s0[0], n[1] - 1 - s0[1])
+            gk = window_fft_conv2d(grad, x.flip(-2, -1), None, s_k, k, torch.float32)
+            if kernel.dim() == 3:
+                gk = gk.sum(0)
+            gk = gk.to(kernel.dtype)
+        if skip is not None and ctx.needs_input_grad[2]:
+            gskip = (grad.float() * x.float()).sum((0, 2, 3)).to(skip.dtype)
+        return gx, gk, gskip, None, None
+
+
+def window_fft_conv2d(
+    x: Tensor,
+    kernel: Tensor,
+    skip: Tensor | None,
+    s0: tuple[int, int],
+    out: tuple[int, int],
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``y[b, c, n] = Σ_j x[b, c, j] · kernel[c, n + s0 − j]`` per axis for ``n < out``, plus
+    ``skip ⊙ x`` (only when ``out`` is ``x``'s size); ``kernel`` is ``[C, Kh, Kw]`` or per sample
+    ``[B, C, Kh, Kw]``. Differentiable in ``x``, ``kernel`` and ``skip``."""
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, kernel, skip)
+    ):
+        y = _WindowConv.apply(x, kernel, skip, s0, out)
+        return y if out_dtype is None else y.to(out_dtype)
+    return _window(x, kernel, s0, out, skip, out_dtype)
+
+
+def same_fft_conv2d(x: Tensor, kernel: Tensor, skip: Tensor | None) -> Tensor:
+    """``fft_conv(x, kernel, skip, mode="zero")`` for ``x`` ``[B, C, H, W]``: the centred
+    ("same") linear convolution, tap ``K // 2`` at offset 0, by the folded four-step transform."""
+    s0 = (kernel.shape[-2] // 2, kernel.shape[-1] // 2)
+    return window_fft_conv2d(x, kernel, skip, s0, tuple(x.shape[-2:]))
