@@ -77,3 +77,27 @@ def test_fourstep_equals_direct_causal_convolution(
     d = randn(channels, seed=seed + 2) if skip else None
     got = causal_fft_conv_fourstep(x.float(), k.float(), None if d is None else d.float())
     assert_close_rel(fft_conv_direct(x, k, d, ("causal",)), got, 2e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    size=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    ksize=st.tuples(st.integers(1, 90), st.integers(1, 90)),
+    batch=st.integers(1, 2),
+    channels=st.integers(1, 3),
+    per_sample=st.booleans(),
+    skip=st.booleans(),
+    seed=seeds,
+)
+def test_fourstep_equals_direct_same_2d_convolution(
+    size, ksize, batch, channels, per_sample, skip, seed
+):
+    # The CUDA default for two "zero" axes, as its PyTorch math (the Triton kernels compute the
+    # same steps); float32 spectra, so the bound is tests/test_fftconv_same2d.py's FP32_BOUND.
+    from subq.ops._same_fftconv2d import same_fft_conv2d
+
+    x = randn(batch, channels, *size, seed=seed)
+    k = randn(*((batch,) if per_sample else ()), channels, *ksize, seed=seed + 1)
+    d = randn(channels, seed=seed + 2) if skip else None
+    got = same_fft_conv2d(x.float(), k.float(), None if d is None else d.float())
+    assert_close_rel(fft_conv_direct(x, k, d, ("zero", "zero")), got, 2e-6)

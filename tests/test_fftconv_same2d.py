@@ -224,7 +224,7 @@ def test_cuda_kernels_match_reference_forward_and_gradients():
         x, k, d = (t.to(dev) for t in _inputs(b, c, hw, khw, per_sample, seed=60))
         leaves = [t.clone().requires_grad_() for t in (x, k, d)]
         want = ops.fft_conv_reference(*leaves, MODES)
-        gy = torch.randn_like(want)
+        gy = torch.randn(want.shape, generator=_g(61), dtype=want.dtype).to(dev)
         g_want = torch.autograd.grad(want, leaves, gy)
         leaves32 = [t.float().requires_grad_() for t in (x, k, d)]
         got = fft_conv(*leaves32, mode="zero", backend="fourstep")
@@ -234,3 +234,10 @@ def test_cuda_kernels_match_reference_forward_and_gradients():
         xb = x.bfloat16()
         want_bf = ops.fft_conv_reference(xb.double(), k, d, MODES)
         assert_close_rel(want_bf, fft_conv(xb, k.float(), d.float(), mode="zero"), 2**-8)
+    # Hyena's gated form in 2D (channels last), with its compiled gate passes.
+    g = _g(62)
+    q, kk, v = (torch.randn(2, 40, 33, 8, generator=g).to(dev) for _ in range(3))
+    kern, d = torch.randn(8, 40, 33, generator=g).to(dev) / 40, torch.randn(8, generator=g).to(dev)
+    want = ops.gated_fft_conv_reference(q.double(), kk.double(), v.double(), kern.double(),
+                                        d.double(), MODES)  # fmt: skip
+    assert_close_rel(want, ops._gated_fourstep(q, kk, v, kern, d, MODES), FP32_BOUND)

@@ -16,9 +16,11 @@ length works. Each axis uses the smallest FFT size that is exact for its mode, r
 product of 2, 3, 5 and 7 (:func:`next_fast_len`). Spectral math runs in float32 (float64 stays
 float64); the output has the input's dtype.
 
-Backends, first choice first: ``fourstep`` (CUDA, 1D causal only: a twisted four-step transform
-with P-point complex spectra instead of 2L-point zero-padded real ones, Triton kernels around
-short cuFFT transforms; see :mod:`subq.ops._causal_fftconv`), ``compiled`` (CUDA: the same math as
+Backends, first choice first: ``fourstep`` (CUDA, 1D causal and 2D zero-padded: Triton kernels
+for short column DFTs, fused with reading ``x`` and writing ``y``, around short cuFFT transforms;
+in 1D a twisted transform with P-point complex spectra instead of 2L-point zero-padded real ones,
+see :mod:`subq.ops._causal_fftconv`; in 2D a transform folded along the last axis into half as
+many complex points, see :mod:`subq.ops._same_fftconv2d`), ``compiled`` (CUDA: the same math as
 the reference under ``torch.compile``, so the cast and zero padding fuse into the pass before the
 forward FFT and the crop, skip and cast into the pass after it; the FFTs stay cuFFT calls; also
 what runs inside an outer ``torch.compile`` or a ``torch.func`` transform) and ``reference``
