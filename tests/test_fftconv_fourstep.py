@@ -191,6 +191,23 @@ def test_dispatch_reasons(monkeypatch):
     assert ops.fft_conv_op.decide({**facts, "device": "cpu"}).chosen == "reference"
 
 
+def test_forward_mode_ad_runs_the_plain_math(monkeypatch):
+    # The kernels have no jvp and a compiled region's outputs carry no tangent: inside a
+    # forward-AD level fourstep is out of scope and compiled_for hands back the plain function.
+    monkeypatch.setattr(ops, "module_available", lambda name: None)
+    fn = lambda t: t  # noqa: E731
+    with torch.autograd.forward_ad.dual_level():
+        assert "forward-mode AD" in ops._fourstep_scope(FACTS)
+        assert _compile.compiled_for("test", fn, ("key",)) is fn
+        x, k, d = (t.float() for t in _inputs(1, 2, 30, 30, False, seed=80))
+        tx = torch.randn(x.shape, generator=_g(81))
+        y = ops._fft_conv_compiled(torch.autograd.forward_ad.make_dual(x, tx), k, d, ("causal",))
+        tangent = torch.autograd.forward_ad.unpack_dual(y).tangent
+    # The convolution is linear in x: its tangent is the convolution of the tangent.
+    want = fft_conv_direct(tx.double(), k.double(), d.double(), ("causal",))
+    assert_close_rel(want, tangent, FP32_BOUND)
+
+
 def test_strict_dispatch_passes_over_fourstep_without_a_fallback(monkeypatch):
     # Out of scope (other modes, float64, long rows) is the intended path, not a fallback; only
     # a missing capability (Triton) is refused under strict dispatch.

@@ -15,6 +15,7 @@ import textwrap
 import pytest
 import torch
 
+from subq.ops import _compile
 from subq.ops import _same_fftconv2d as s2
 from subq.ops import fftconv as ops
 from subq.ops.fftconv import fft_conv_direct, next_fast_len
@@ -157,6 +158,65 @@ def test_backend_chunked_gated_and_empty(monkeypatch):
     assert_close_rel(want, ops._gated_fourstep(q, kk, v, kern, d6, MODES, chunk_size=4), FP32_BOUND)
     empty = s2.same_fft_conv2d(torch.randn(0, 3, 4, 4), torch.randn(3, 2, 2), None)
     assert empty.shape == (0, 3, 4, 4)
+
+
+def test_window_keeps_its_output_dtype_under_autograd():
+    # With gradients on, the float32 result of a bf16 signal is not rounded through bf16 (the
+    # kernel gradient of a second-order backward is such a window).
+    x = torch.randn(2, 3, 9, 8, generator=_g(70)).bfloat16()
+    k = torch.randn(3, 5, 5, generator=_g(71))
+    plain = s2.window_fft_conv2d(x, k, None, (1, 2), (6, 7), torch.float32)
+    tracked = s2.window_fft_conv2d(x, k.requires_grad_(), None, (1, 2), (6, 7), torch.float32)
+    assert tracked.dtype == torch.float32
+    torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kernel_shape", "skip_shape", "out", "match"),
+    [
+        ((2, 3, 3), None, (5, 4), r"kernel's leading axes must be \[3\]"),
+        ((3, 3), None, (5, 4), "x must be"),
+        ((3, 3, 3), (3,), (4, 4), "out equal to x's size"),
+        ((3, 3, 3), (2,), (5, 4), r"skip must be \[C\] = \[3\]"),
+        ((3, 3, 3), None, (0, 4), "out must be two sizes"),
+    ],
+)
+def test_window_refuses_mismatched_inputs(kernel_shape, skip_shape, out, match):
+    x = torch.randn(2, 3, 5, 4)
+    skip = None if skip_shape is None else torch.randn(skip_shape)
+    with pytest.raises(ValueError, match=match):
+        s2.window_fft_conv2d(x, torch.randn(kernel_shape), skip, (1, 1), out)
+
+
+def test_dispatch_keeps_large_planes_and_forward_ad_off_fourstep(monkeypatch):
+    monkeypatch.setattr(ops, "module_available", lambda name: None)
+    monkeypatch.setattr(_compile, "module_available", lambda name: None)
+    facts = {
+        "device": "cuda",
+        "dtype": torch.bfloat16,
+        "kernel_dtype": torch.float32,
+        "modes": MODES,
+        "length": 256,
+        "spatial": (256, 256),
+    }
+    assert ops.fft_conv_op.decide(facts).chosen == "fourstep"
+    for spatial in [(ops.FOURSTEP_2D_MAX[0] + 1, 4), (4, ops.FOURSTEP_2D_MAX[1] + 1), (9000, 9000)]:
+        reason = ops._fourstep_scope(facts | {"spatial": spatial})
+        assert reason.startswith(f"a {spatial[0]}×{spatial[1]} plane"), reason
+    with torch.autograd.forward_ad.dual_level():
+        assert "forward-mode AD" in ops._fourstep_scope(facts)
+        assert ops.fft_conv_op.decide(facts).chosen == "compiled"
+
+
+def test_kernel_launch_refuses_planes_beyond_its_grid():
+    pytest.importorskip("triton")
+    from subq.ops._same_fftconv2d_kernel import _launch
+
+    assert _launch(2048, 8, 48, 192, 128) == ((2048, 48, 2), 128, 1)
+    with pytest.raises(ValueError, match="launch grid or int32 offsets"):
+        _launch(1, 8, 70000, 1, 128)
+    with pytest.raises(ValueError, match="launch grid or int32 offsets"):
+        _launch(1, 8, 6000, 24000, 128)
 
 
 INTERPRETED = textwrap.dedent(

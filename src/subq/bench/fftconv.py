@@ -239,6 +239,7 @@ def bench_fftconv(device: torch.device, quick: bool) -> list[dict[str, Any]]:
                 "dtype": q.dtype,
                 "modes": ("causal",),
                 "length": q.shape[1],
+                "spatial": tuple(q.shape[1:-1]),
                 "kernel_dtype": kern.dtype,
             }
             return op.select(facts, backend)(q, k, v, kern, d, ("causal",), "sigmoid", None)

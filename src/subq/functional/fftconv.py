@@ -115,6 +115,7 @@ def fft_conv(
         "modes": modes,
         "shape": tuple(x.shape),
         "length": x.shape[-1],
+        "spatial": tuple(x.shape[2:]),
         "kernel_dtype": kernel.dtype,
     }
     run = fft_conv_op.select(facts, backend)

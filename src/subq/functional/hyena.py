@@ -321,6 +321,7 @@ def hyena(
             "modes": cfg.mode,
             "shape": tuple(q.shape),
             "length": q.shape[1],
+            "spatial": tuple(q.shape[1:-1]),
             "kernel_dtype": kernel.dtype,
         }
         y = gated_fft_conv_op.select(facts, backend)(

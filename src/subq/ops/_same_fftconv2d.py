@@ -167,10 +167,10 @@ def _window(
 
 class _WindowConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kernel, skip, s0, out):
+    def forward(ctx, x, kernel, skip, s0, out, out_dtype):
         ctx.save_for_backward(x, kernel, skip)
-        ctx.s0, ctx.out = s0, out
-        return _window(x, kernel, s0, out, skip)
+        ctx.s0 = s0
+        return _window(x, kernel, s0, out, skip, out_dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -196,7 +196,7 @@ class _WindowConv(torch.autograd.Function):
             gk = gk.to(kernel.dtype)
         if skip is not None and ctx.needs_input_grad[2]:
             gskip = (grad.float() * x.float()).sum((0, 2, 3)).to(skip.dtype)
-        return gx, gk, gskip, None, None
+        return gx, gk, gskip, None, None, None
 
 
 def window_fft_conv2d(
@@ -209,13 +209,41 @@ def window_fft_conv2d(
 ) -> Tensor:
     """``y[b, c, n] = Σ_j x[b, c, j] · kernel[c, n + s0 − j]`` per axis for ``n < out``, plus
     ``skip ⊙ x`` (only when ``out`` is ``x``'s size); ``kernel`` is ``[C, Kh, Kw]`` or per sample
-    ``[B, C, Kh, Kw]``. Differentiable in ``x``, ``kernel`` and ``skip``."""
+    ``[B, C, Kh, Kw]``; the result is in ``out_dtype`` (default ``x``'s). Differentiable in ``x``,
+    ``kernel`` and ``skip``.
+
+    Raises:
+        ValueError: ranks or channels that do not match, a window size below 1, or a skip term
+            with a window other than ``x``'s size.
+    """
+    _check(x, kernel, skip, out)
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, kernel, skip)
     ):
-        y = _WindowConv.apply(x, kernel, skip, s0, out)
-        return y if out_dtype is None else y.to(out_dtype)
-    return _window(x, kernel, s0, out, skip, out_dtype)
+        return _WindowConv.apply(x, kernel, skip, tuple(s0), tuple(out), out_dtype)
+    return _window(x, kernel, tuple(s0), tuple(out), skip, out_dtype)
+
+
+def _check(x: Tensor, kernel: Tensor, skip: Tensor | None, out: tuple[int, int]) -> None:
+    where = "window_fft_conv2d"
+    if x.ndim != 4 or kernel.ndim not in (3, 4):
+        raise ValueError(
+            f"{where}: x must be [B, C, H, W] and kernel [C, Kh, Kw] or [B, C, Kh, Kw], got "
+            f"shapes {tuple(x.shape)} and {tuple(kernel.shape)}"
+        )
+    want = tuple(x.shape[:2]) if kernel.ndim == 4 else (x.shape[1],)
+    if tuple(kernel.shape[:-2]) != want:
+        raise ValueError(
+            f"{where}: kernel's leading axes must be {list(want)} (x is {tuple(x.shape)}), got "
+            f"kernel of shape {tuple(kernel.shape)}"
+        )
+    if len(out) != 2 or min(out) < 1:
+        raise ValueError(f"{where}: out must be two sizes ≥ 1, got {out!r}")
+    if skip is not None and (tuple(skip.shape) != (x.shape[1],) or tuple(out) != x.shape[2:]):
+        raise ValueError(
+            f"{where}: skip must be [C] = [{x.shape[1]}] with out equal to x's size "
+            f"{tuple(x.shape[2:])}, got skip of shape {tuple(skip.shape)} and out={out!r}"
+        )
 
 
 def same_fft_conv2d(x: Tensor, kernel: Tensor, skip: Tensor | None) -> Tensor:

@@ -116,12 +116,23 @@ def _unfold_idft_kernel(
     _store_part(Y, X, SKIP, ui * scale, base + (j + q)[None, :], im_ok, channel, HAS_SKIP)
 
 
-def _launch(planes: int, n2: int, q: int, bq: int, warps: int = 1):
-    """(grid, column block, warps) for ``[N1, BQ]`` tiles, ``BQ`` at most the power of two
-    covering ``Q``. One warp: on the H200 two to eight warps per tile were 3-40x slower (the sum
-    over ``m1`` left the registers), whatever the block."""
+def _launch(planes: int, n1: int, n2: int, q: int, bq: int, warps: int = 1):
+    """(grid, column block, warps) for ``[N1, BQ]`` tiles: ``BQ`` shrinks to the power of two
+    covering ``Q`` (at least 32). One warp: on the H200 two to eight warps per tile were 3-40x
+    slower (the sum over ``m1`` left the registers), whatever the block.
+
+    Raises:
+        ValueError: a plane too large for the grid (CUDA allows 65535 blocks on its second and
+            third axes) or for the kernels' int32 in-plane offsets.
+    """
     bq = max(32, min(bq, triton.next_power_of_2(q)))
-    return (planes, n2, triton.cdiv(q, bq)), bq, warps
+    grid = (planes, n2, triton.cdiv(q, bq))
+    if max(grid[1:]) > 65535 or n1 * n2 * q * 2 >= 2**31:
+        raise ValueError(
+            f"fourstep 2D: a [{n1 * n2}, {2 * q}] transform per plane is beyond its kernels' "
+            "launch grid or int32 offsets; use backend='compiled'"
+        )
+    return grid, bq, warps
 
 
 def fold_dft(
@@ -133,7 +144,9 @@ def fold_dft(
     h_in, w_in = planes.shape[-2:]
     out = torch.empty((*planes.shape[:-2], n1, n2, q), dtype=torch.complex64, device=planes.device)
     # H200, B8 × C256 × 256² bf16: BQ = 128 took 0.66 / 0.88 ms at Q = 192 / 256 (64: 0.76 / 1.34).
-    grid, block, warps = _launch(planes.numel() // (h_in * w_in), n2, q, **{"bq": 128, **launch})
+    grid, block, warps = _launch(
+        planes.numel() // (h_in * w_in), n1, n2, q, **{"bq": 128, **launch}
+    )
     _fold_dft_kernel[grid](
         planes, torch.view_as_real(out), torch.view_as_real(g), torch.view_as_real(t),
         h_in, w_in, shift[0], shift[1], n2, q,
@@ -161,7 +174,7 @@ def unfold_idft(
         x = x.contiguous()
         skip = skip.contiguous()
     # H200, same sizes: BQ = 64 took 0.59 / 0.99 ms at Q = 192 / 256 (128: 0.89 / 1.11).
-    grid, block, warps = _launch(y.numel() // (out[0] * out[1]), n2, q, **{"bq": 64, **launch})
+    grid, block, warps = _launch(y.numel() // (out[0] * out[1]), n1, n2, q, **{"bq": 64, **launch})
     _unfold_idft_kernel[grid](
         torch.view_as_real(c), y, x if skip is not None else y, skip if skip is not None else y,
         torch.view_as_real(g), torch.view_as_real(t),

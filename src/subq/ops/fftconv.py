@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from subq.ops._compile import compiled_check, compiled_for, tensor_signature
+from subq.ops._compile import compiled_check, compiled_for, in_forward_ad, tensor_signature
 from subq.ops.capabilities import module_available
 from subq.ops.dispatch import Backend, Op
 
@@ -374,9 +374,15 @@ def _gated_fourstep(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_si
 FOURSTEP_MAX_LENGTH = 131072
 
 
+#: Largest 2D planes for ``fourstep`` (H, W, H·W): the launch grid's second and third axes
+#: (``N2`` ≤ 2H / 8 and ``Q / 64`` blocks, CUDA's limit 65535) and the kernels' int32 in-plane
+#: offsets (``S_H · S_W ≤ ~4 H W`` floats) stay in range with a wide margin.
+FOURSTEP_2D_MAX = (1 << 17, 1 << 21, 1 << 26)
+
+
 def _fourstep_scope(facts: Mapping[str, Any]) -> str | None:
     """What the ``fourstep`` backend is for: eager 1D causal or 2D zero-padded convolution in
-    float32 or narrower.
+    float32 or narrower (2D planes within :data:`FOURSTEP_2D_MAX`).
 
     Outside it another backend is the intended path, not a fallback: inside ``torch.compile`` and
     under ``torch.func`` transforms the ``compiled`` backend traces the plain math.
@@ -393,6 +399,15 @@ def _fourstep_scope(facts: Mapping[str, Any]) -> str | None:
         return "inside torch.compile (the compiled backend traces its math into the graph)"
     if torch._C._functorch.maybe_current_level() is not None:
         return "under a torch.func transform (its kernels have no batching or functional rule)"
+    if in_forward_ad():
+        return "inside forward-mode AD (its kernels have no jvp; the plain math carries tangents)"
+    if len(facts["modes"]) == 2 and facts.get("spatial") is not None:
+        h, w = facts["spatial"]
+        if h > FOURSTEP_2D_MAX[0] or w > FOURSTEP_2D_MAX[1] or h * w > FOURSTEP_2D_MAX[2]:
+            return (
+                f"a {h}×{w} plane (the 2D kernels index planes up to H {FOURSTEP_2D_MAX[0]}, "
+                f"W {FOURSTEP_2D_MAX[1]}, H·W {FOURSTEP_2D_MAX[2]})"
+            )
     return None
 
 
