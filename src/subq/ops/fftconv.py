@@ -23,7 +23,8 @@ see :mod:`subq.ops._causal_fftconv`; in 2D a transform folded along the last axi
 many complex points, see :mod:`subq.ops._same_fftconv2d`), ``compiled`` (CUDA: the same math as
 the reference under ``torch.compile``, so the cast and zero padding fuse into the pass before the
 forward FFT and the crop, skip and cast into the pass after it; the FFTs stay cuFFT calls; also
-what runs inside an outer ``torch.compile`` or a ``torch.func`` transform) and ``reference``
+what runs inside an outer ``torch.compile``, a ``torch.func`` transform or forward-mode AD, as
+plain math) and ``reference``
 (plain ``torch.fft``, any device; the oracle). The kernel spectrum is computed once per call and
 shared by the batch.
 
