@@ -146,6 +146,31 @@ def test_scope_and_prefer_are_not_fallbacks(ops_registry):
         op.decide({"device": "cpu", "dtype": torch.float32, "length": 500}, "fast")
 
 
+def test_kernels_without_a_jvp_are_out_of_scope_in_forward_mode_ad(ops_registry):
+    op = Op(
+        "test_fwd_ad",
+        [
+            Backend("kernel", lambda: "kernel", forward_ad=False),
+            Backend("reference", lambda: "reference"),
+        ],
+    )
+    facts = {"device": "cpu", "dtype": torch.float32}
+    assert op.decide(facts).chosen == "kernel"
+    with torch.autograd.forward_ad.dual_level(), strict():
+        decision = op.decide(facts)  # out of scope: not a fallback, so strict does not raise
+        assert decision.chosen == "reference"
+        assert decision.rejected == (
+            ("kernel", "inside forward-mode AD (its kernels have no jvp)"),
+        )
+        with pytest.raises(BackendUnavailableError, match="forward-mode AD"):
+            op.decide(facts, "kernel")
+    assert op.decide(facts).chosen == "kernel"
+    # The shipped custom-kernel backends declare it.
+    for name, backend in [("rope", "triton"), ("rms_norm", "quack"), ("layer_norm", "quack"),
+                          ("fft_conv", "fourstep"), ("gated_fft_conv", "fourstep")]:  # fmt: skip
+        assert not next(b for b in get_op(name).backends if b.name == backend).forward_ad, name
+
+
 def test_strict_mode_from_environment_and_nesting(ops_registry, monkeypatch):
     op = _op()
     facts = {"device": "cpu", "dtype": torch.float32}

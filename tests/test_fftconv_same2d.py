@@ -204,7 +204,10 @@ def test_dispatch_keeps_large_planes_and_forward_ad_off_fourstep(monkeypatch):
         reason = ops._fourstep_scope(facts | {"spatial": spatial})
         assert reason.startswith(f"a {spatial[0]}×{spatial[1]} plane"), reason
     with torch.autograd.forward_ad.dual_level():
-        assert "forward-mode AD" in ops._fourstep_scope(facts)
+        assert ops.fft_conv_op.decide(facts).rejected[0] == (
+            "fourstep",
+            "inside forward-mode AD (its kernels have no jvp)",
+        )
         assert ops.fft_conv_op.decide(facts).chosen == "compiled"
 
 

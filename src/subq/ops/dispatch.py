@@ -7,8 +7,9 @@ costs a few Python comparisons and is traced away by ``torch.compile``.
 
 A backend that is *not applicable* is passed over without counting as a fallback (explanations
 still list it): a device type it does not target (a CUDA kernel asked about a CPU tensor), a
-problem outside its ``scope`` (a 1D causal kernel asked about a 2D convolution), or facts where
-the op ``prefer``-s a later backend (measured faster there). A backend that *applies* but is
+problem outside its ``scope`` (a 1D causal kernel asked about a 2D convolution), a custom kernel
+without a jvp inside forward-mode AD (``forward_ad=False``), or facts where the op ``prefer``-s a
+later backend (measured faster there). A backend that *applies* but is
 rejected by its ``check`` (quack not installed, wrong compute capability, unsupported dtype) is a
 fallback: in strict mode (``subq.ops.strict()`` or ``SUBQ_STRICT_DISPATCH=1``) a fallback raises
 :class:`BackendUnavailableError` instead. Asking for a backend by name that cannot run (wrong
@@ -57,6 +58,9 @@ class Backend:
             must be in scope too.
         prefer: ``facts -> None | reason``: where the dispatcher prefers a later backend
             (measured faster); not a fallback, and a backend named by ``backend=`` still runs.
+        forward_ad: whether tangents of forward-mode AD (``torch.autograd.forward_ad``) flow
+            through it; a custom kernel without a jvp is out of scope inside a dual level (it
+            would drop them silently or refuse).
     """
 
     name: str
@@ -65,9 +69,16 @@ class Backend:
     check: Callable[[Mapping[str, Any]], str | None] = lambda facts: None
     scope: Callable[[Mapping[str, Any]], str | None] = lambda facts: None
     prefer: Callable[[Mapping[str, Any]], str | None] = lambda facts: None
+    forward_ad: bool = True
 
     def applies_to(self, device_type: str) -> bool:
         return not self.devices or device_type in self.devices
+
+    def out_of_scope(self, facts: Mapping[str, Any]) -> str | None:
+        """Why ``facts`` are not this backend's kind of problem, or None."""
+        if not self.forward_ad and torch.autograd.forward_ad._current_level >= 0:
+            return "inside forward-mode AD (its kernels have no jvp)"
+        return self.scope(facts)
 
 
 _state = threading.local()
@@ -144,7 +155,7 @@ class Op:
                     if chosen.applies_to(device_type)
                     else f"targets {'/'.join(chosen.devices)}, not {device_type}"
                 )
-                or chosen.scope(facts)
+                or chosen.out_of_scope(facts)
                 or chosen.check(facts)
             )
             if reason is not None:
@@ -158,7 +169,7 @@ class Op:
             if not b.applies_to(device_type):
                 rejected.append((b.name, f"targets {'/'.join(b.devices)}, not {device_type}"))
                 continue
-            reason = b.scope(facts) or b.prefer(facts)
+            reason = b.out_of_scope(facts) or b.prefer(facts)
             if reason is not None:  # not this backend's kind of problem: not a fallback
                 rejected.append((b.name, reason))
                 continue

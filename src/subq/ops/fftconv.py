@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from subq.ops._compile import compiled_check, compiled_for, in_forward_ad, tensor_signature
+from subq.ops._compile import compiled_check, compiled_for, tensor_signature
 from subq.ops.capabilities import module_available
 from subq.ops.dispatch import Backend, Op
 
@@ -400,8 +400,6 @@ def _fourstep_scope(facts: Mapping[str, Any]) -> str | None:
         return "inside torch.compile (the compiled backend traces its math into the graph)"
     if torch._C._functorch.maybe_current_level() is not None:
         return "under a torch.func transform (its kernels have no batching or functional rule)"
-    if in_forward_ad():
-        return "inside forward-mode AD (its kernels have no jvp; the plain math carries tangents)"
     if len(facts["modes"]) == 2 and facts.get("spatial") is not None:
         h, w = facts["spatial"]
         if h > FOURSTEP_2D_MAX[0] or w > FOURSTEP_2D_MAX[1] or h * w > FOURSTEP_2D_MAX[2]:
@@ -429,7 +427,12 @@ def _fourstep_check(facts: Mapping[str, Any]) -> str | None:
     return module_available("triton")
 
 
-_FOURSTEP = {"scope": _fourstep_scope, "prefer": _fourstep_prefer, "check": _fourstep_check}
+_FOURSTEP = {
+    "scope": _fourstep_scope,
+    "prefer": _fourstep_prefer,
+    "check": _fourstep_check,
+    "forward_ad": False,
+}
 
 
 def _gated_compiled(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):

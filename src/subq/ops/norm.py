@@ -530,7 +530,13 @@ class _NormOp(Op):
 rms_norm_op = _NormOp(
     "rms_norm",
     [
-        Backend("quack", _rms_norm_quack, devices=("cuda",), check=_quack_check_for("rms_norm")),
+        Backend(
+            "quack",
+            _rms_norm_quack,
+            devices=("cuda",),
+            check=_quack_check_for("rms_norm"),
+            forward_ad=False,
+        ),
         Backend("torch", _rms_norm_torch, devices=("cuda",), check=_torch_check),
         Backend("reference", rms_norm_reference),
     ],
@@ -541,7 +547,11 @@ layer_norm_op = _NormOp(
     "layer_norm",
     [
         Backend(
-            "quack", _layer_norm_quack, devices=("cuda",), check=_quack_check_for("layer_norm")
+            "quack",
+            _layer_norm_quack,
+            devices=("cuda",),
+            check=_quack_check_for("layer_norm"),
+            forward_ad=False,
         ),
         Backend("torch", _layer_norm_torch, devices=("cuda",), check=_torch_check),
         Backend("reference", layer_norm_reference),

@@ -467,7 +467,7 @@ def _triton_check(facts: Mapping[str, Any]) -> str | None:
 rope_op = Op(
     "rope",
     [
-        Backend("triton", rope_fused, devices=("cuda",), check=_triton_check),
+        Backend("triton", rope_fused, devices=("cuda",), check=_triton_check, forward_ad=False),
         Backend("reference", rope_reference),
     ],
     example_facts={
