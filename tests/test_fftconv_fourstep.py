@@ -7,8 +7,6 @@ Triton's CPU interpreter when Triton is installed, and on CUDA in ``bench/gpu_ff
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -230,8 +228,6 @@ def test_strict_dispatch_passes_over_fourstep_without_a_fallback(monkeypatch):
 
 INTERPRETED = textwrap.dedent(
     """
-    import os
-    os.environ["TRITON_INTERPRET"] = "1"
     import torch
     from subq.ops import _causal_fftconv as fs
     from subq.ops.fftconv import fft_conv_direct, next_fast_len
@@ -287,18 +283,10 @@ INTERPRETED = textwrap.dedent(
 )
 
 
-def test_triton_kernels_in_interpreter():
-    pytest.importorskip("triton")
-    # A fresh process: TRITON_INTERPRET must be set before the kernels are defined.
-    result = subprocess.run(
-        [sys.executable, "-c", INTERPRETED], capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    worst, fp16, bf16 = (float(v) for v in result.stdout.split()[-3:])
+def test_triton_kernels_in_interpreter(triton_interpreted):
+    worst, fp16, bf16 = triton_interpreted(INTERPRETED, 3)
     assert worst < FP32_BOUND
-    # Half-precision outputs: within one ulp of the largest entry (the interpreter's casts may
-    # truncate rather than round: one ulp, not half).
-    assert fp16 < 2**-10 and bf16 < 2**-7
+    assert fp16 < 2**-10 and bf16 < 2**-7  # one ulp of the largest entry
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

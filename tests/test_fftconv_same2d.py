@@ -8,8 +8,6 @@ interpreter when Triton is installed, and on CUDA in ``bench/gpu_fftconv2d.py``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -224,8 +222,6 @@ def test_kernel_launch_refuses_planes_beyond_its_grid():
 
 INTERPRETED = textwrap.dedent(
     """
-    import os
-    os.environ["TRITON_INTERPRET"] = "1"
     import torch
     from subq.ops import _same_fftconv2d as s2
     from subq.ops.fftconv import fft_conv_direct
@@ -264,18 +260,10 @@ INTERPRETED = textwrap.dedent(
 )
 
 
-def test_triton_kernels_in_interpreter():
-    pytest.importorskip("triton")
-    # A fresh process: TRITON_INTERPRET must be set before the kernels are defined.
-    result = subprocess.run(
-        [sys.executable, "-c", INTERPRETED], capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    worst, fp16, bf16 = (float(v) for v in result.stdout.split()[-3:])
+def test_triton_kernels_in_interpreter(triton_interpreted):
+    worst, fp16, bf16 = triton_interpreted(INTERPRETED, 3)
     assert worst < FP32_BOUND
-    # Half-precision outputs: within one ulp of the largest entry (the interpreter's casts may
-    # truncate rather than round: one ulp, not half).
-    assert fp16 < 2**-10 and bf16 < 2**-7
+    assert fp16 < 2**-10 and bf16 < 2**-7  # one ulp of the largest entry
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

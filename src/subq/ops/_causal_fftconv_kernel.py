@@ -40,6 +40,16 @@ def _t_row(T, off, in_row, pair):
 
 
 @triton.jit
+def _untwiddled(C, T, base, off, in_row, pair):
+    # conj(T) · c at flat offsets ``off`` of one row k1 (c read from ``base + off``): real and
+    # imaginary parts, the inverse transform's first product.
+    c = tl.load(C + (base + off)[:, None] * 2 + pair, mask=in_row[:, None])
+    cr, ci = tl.split(c)
+    tr, ti = _t_row(T, off, in_row, pair)
+    return cr * tr + ci * ti, ci * tr - cr * ti
+
+
+@triton.jit
 def _twist_dft_kernel(
     X, S, G, T,
     row_len, taps, n2_size,
@@ -83,12 +93,7 @@ def _untwist_idft_kernel(
     y = tl.zeros([N1, BN], dtype=tl.float32)
     # Inverse column DFT as N1 outer products: y[m1, m2] += Re(conj(G[k1, m1] T[k1, m2]) c[k1, m2]).
     for k1 in tl.static_range(N1):
-        off = k1 * n2_size + m2
-        c = tl.load(C + (row * N1 * n2_size + off)[:, None] * 2 + pair, mask=in_row[:, None])
-        cr, ci = tl.split(c)
-        tr, ti = _t_row(T, off, in_row, pair)
-        dr = cr * tr + ci * ti
-        di = ci * tr - cr * ti
+        dr, di = _untwiddled(C, T, row * N1 * n2_size, k1 * n2_size + m2, in_row, pair)
         gr, gi = _g_row(G, k1, m1, N1)
         y += gr[:, None] * dr[None, :] + gi[:, None] * di[None, :]
     y *= scale

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from subq.ops._causal_fftconv_kernel import _g_row, _t_row
+from subq.ops._causal_fftconv_kernel import _g_row, _t_row, _untwiddled
 
 __all__ = ["fold_dft", "unfold_idft"]
 
@@ -97,12 +97,7 @@ def _unfold_idft_kernel(
     ui = tl.zeros([N1, BQ], dtype=tl.float32)
     # u[m1, j] = Σ_k1 conj(G[k1, m1]) · conj(T[k1, m2, j]) · c[k1, m2, j], as N1 outer products.
     for k1 in tl.static_range(N1):
-        off = k1 * flat + m2 * q + j
-        c = tl.load(C + (row * N1 * flat + off)[:, None] * 2 + pair, mask=in_row[:, None])
-        cr, ci = tl.split(c)
-        tr, ti = _t_row(T, off, in_row, pair)
-        dr = cr * tr + ci * ti
-        di = ci * tr - cr * ti
+        dr, di = _untwiddled(C, T, row * N1 * flat, k1 * flat + m2 * q + j, in_row, pair)
         gr, gi = _g_row(G, k1, m1, N1)
         ur += gr[:, None] * dr[None, :] + gi[:, None] * di[None, :]
         ui += gr[:, None] * di[None, :] - gi[:, None] * dr[None, :]
