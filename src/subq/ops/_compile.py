@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from subq.ops.capabilities import module_available
+from subq.ops.dispatch import in_forward_ad
 
-__all__ = ["compiled_check", "compiled_for", "in_forward_ad", "tensor_signature"]
+__all__ = ["compiled_check", "compiled_for", "tensor_signature"]
 
 _COMPILED: dict[tuple, Callable[..., object]] = {}
 
@@ -22,8 +23,9 @@ def compiled_for(name: str, fn: Callable[..., object], key: tuple) -> Callable[.
     Inside an outer ``torch.compile`` the plain function is traced into the caller's graph; under
     ``torch.func`` transforms and inside forward-mode AD (``torch.autograd.forward_ad``) the plain
     function runs (functorch levels do not mix with a nested compiled region, and a compiled
-    region's outputs carry no tangents). Each signature compiles its own copy of ``fn``'s code object: dynamo's
-    recompile limit counts per code object, and a layer legitimately meets many lengths.
+    region's outputs carry no tangents). Each signature compiles its own copy of ``fn``'s code
+    object: dynamo's recompile limit counts per code object, and a layer legitimately meets many
+    lengths.
     """
     if (
         torch.compiler.is_compiling()
@@ -38,11 +40,6 @@ def compiled_for(name: str, fn: Callable[..., object], key: tuple) -> Callable[.
         )
         _COMPILED[full_key] = torch.compile(clone, fullgraph=True, dynamic=False)
     return _COMPILED[full_key]
-
-
-def in_forward_ad() -> bool:
-    """Whether a ``torch.autograd.forward_ad.dual_level`` is open (tangents may flow)."""
-    return torch.autograd.forward_ad._current_level >= 0
 
 
 def tensor_signature(*tensors: Tensor | None) -> tuple:

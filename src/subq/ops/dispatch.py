@@ -76,9 +76,14 @@ class Backend:
 
     def out_of_scope(self, facts: Mapping[str, Any]) -> str | None:
         """Why ``facts`` are not this backend's kind of problem, or None."""
-        if not self.forward_ad and torch.autograd.forward_ad._current_level >= 0:
+        if not self.forward_ad and in_forward_ad():
             return "inside forward-mode AD (its kernels have no jvp)"
         return self.scope(facts)
+
+
+def in_forward_ad() -> bool:
+    """Whether a ``torch.autograd.forward_ad.dual_level`` is open (tangents may flow)."""
+    return torch.autograd.forward_ad._current_level >= 0
 
 
 _state = threading.local()
