@@ -114,16 +114,17 @@ def steps(length: int) -> None:
     k = torch.randn(1024, length, device="cuda") / length**0.5
     d = torch.randn(1024, device="cuda")
     n1, n2 = fs.fourstep_plan(length)
-    g, t = fs._tables(n1, n2, x.device)
-    s = kern.twist_dft(x, length, g, t, n1, n2)
-    h = fs._spectrum(k, length, n1, n2)
+    g, t = fs._real_tables(n1, n2, x.device)
+    both = torch.fft.fft(kern.twist_dft(x, k, d, length, g, t, n1, n2), dim=-1)
+    s, h = both[: 4 * 1024], both[4 * 1024 :]
     cplx = s.numel() * 8
     for name, fn, nbytes in [
-        ("twist x", lambda: kern.twist_dft(x, length, g, t, n1, n2), x.numel() * 2 + cplx),
-        ("twist kernel", lambda: kern.twist_dft(k, length, g, t, n1, n2), k.numel() * 12),
-        ("fft rows", lambda: torch.fft.fft(s, dim=-1), 2 * cplx),
+        ("twist x + kernel", lambda: kern.twist_dft(x, k, d, length, g, t, n1, n2),
+         x.numel() * 2 + k.numel() * 4 + both.numel() * 8),
+        ("fft rows", lambda: torch.fft.fft(both, dim=-1), 2 * both.numel() * 8),
         ("cmul", lambda: kern.cmul_(s, h), 2 * cplx + h.numel() * 8),
-        ("untwist", lambda: kern.untwist_idft(s, x, d, g, t, length, x.dtype, 1.0), cplx + 4 * x.numel()),
+        ("ifft rows", lambda: torch.fft.ifft(s, dim=-1, norm="forward"), 2 * cplx),
+        ("untwist", lambda: kern.untwist_idft(s, g, t, length, x.dtype, 1.0), cplx + 2 * x.numel()),
     ]:  # fmt: skip
         ms = triton.testing.do_bench(fn, warmup=5, rep=40)
         print(f"step L{length} {name:14s} {ms:.4f} ms {nbytes / ms / 1e9:.2f} TB/s", flush=True)

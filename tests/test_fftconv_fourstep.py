@@ -240,6 +240,7 @@ INTERPRETED = textwrap.dedent(
     for b, c, length, taps, per_sample, skip in [
         (2, 3, 97, 97, False, "plain"), (1, 2, 700, 30, True, None),
         (2, 2, 250, 700, False, "strided"), (2, 3, 1, 4, False, "expanded"),
+        (2, 3, 90, 40, True, "plain"),  # the skip folded into per-sample kernels' lag 0
     ]:
         x = torch.randn(b, c, length, dtype=torch.float64, requires_grad=True)
         k = torch.randn(*((b, c) if per_sample else (c,)), taps, dtype=torch.float64,

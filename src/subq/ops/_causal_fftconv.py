@@ -17,11 +17,12 @@ that fuse with the read of ``x`` (any float dtype) and with the twist
 ``ωⁿ = ω^(N2·n1) · ω^(n2)``; the second is a batch of short cuFFT transforms, which run near copy
 bandwidth (long ones do not). So one call is five passes over memory:
 
-1. twist + column DFT (Triton): ``x`` → ``S`` (complex64, ``P`` points per row);
-2. cuFFT along the rows of ``S``;
-3. the product with the kernel's spectrum (made by steps 1–2, once per call);
+1. twist + column DFT (Triton) of the rows of ``x`` and of the kernel, into one buffer ``S``
+   (complex64, ``P`` points per row); the skip is the kernel's lag 0 (``D ⊙ x = (D·δ) ∗ x``);
+2. one cuFFT call along the rows of ``S``;
+3. the product with the kernel's spectrum (each block of it read once for the whole batch);
 4. inverse cuFFT along the rows;
-5. conjugate twiddle + inverse column DFT + real part + ``D ⊙ x`` + cast (Triton): → ``y``.
+5. conjugate twiddle + inverse column DFT + real part + cast (Triton): → ``y``.
 
 Steps 1, 3 and 5 run as Triton kernels on CUDA (and under ``TRITON_INTERPRET=1``); elsewhere they
 run as the same math in PyTorch, so the decomposition is tested on any machine. All spectral math is
@@ -41,6 +42,7 @@ from torch import Tensor
 __all__ = ["causal_fft_conv_fourstep", "fourstep_plan"]
 
 
+@functools.lru_cache(maxsize=256)
 def fourstep_plan(length: int) -> tuple[int, int]:
     """``(N1, N2)`` for a causal convolution of ``length`` samples: ``N1 · N2 ≥ length`` with
     ``N2`` 2·3·5·7-smooth (a fast cuFFT size); ``N1 = 8`` while ``N2 ≤ 4096``, else 16.
@@ -70,44 +72,47 @@ def _tables(n1: int, n2: int, device: torch.device) -> tuple[Tensor, Tensor]:
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _real_tables(n1: int, n2: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """:func:`_tables` as float32 ``[..., 2]`` views, as the Triton kernels take them."""
+    return tuple(torch.view_as_real(t) for t in _tables(n1, n2, device))
+
+
 def _use_triton(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
-def _twist_dft(rows: Tensor, taps: int, n1: int, n2: int) -> Tensor:
-    """Step 1 on ``rows`` ``[..., M]`` (its first ``taps`` entries, zero beyond):
-    ``S[..., k1, m2] = T[k1, m2] · Σ_m1 G[k1, m1] · rows[m1 · N2 + m2]``, complex64."""
-    g, t = _tables(n1, n2, rows.device)
-    if _use_triton(rows.device):
+def _twist_dft(
+    x: Tensor, kernel: Tensor, skip: Tensor | None, taps: int, n1: int, n2: int
+) -> Tensor:
+    """Step 1 on the rows of ``x`` and then of ``kernel`` (its first ``taps`` lags, ``skip`` added
+    to lag 0, zero beyond): ``S[row, k1, m2] = T[k1, m2] · Σ_m1 G[k1, m1] · r[m1 · N2 + m2]``,
+    complex64 ``[rows(x) + rows(kernel), N1, N2]``."""
+    if _use_triton(x.device):
         from subq.ops._causal_fftconv_kernel import twist_dft
 
-        return twist_dft(rows, taps, g, t, n1, n2)
-    x = rows[..., :taps].float()
-    x = torch.nn.functional.pad(x, (0, n1 * n2 - x.shape[-1])).unflatten(-1, (n1, n2))
-    return torch.einsum("km,...mn->...kn", g, x.to(g.dtype)) * t
+        return twist_dft(x, kernel, skip, taps, *_real_tables(n1, n2, x.device), n1, n2)
+    g, t = _tables(n1, n2, x.device)
+    k = kernel[..., :taps].float()
+    if skip is not None:
+        k = torch.cat((k[..., :1] + skip.float()[:, None], k[..., 1:]), dim=-1)
+    rows = [r.reshape(-1, r.shape[-1]) for r in (x.float(), k)]
+    r = torch.cat([torch.nn.functional.pad(r, (0, n1 * n2 - r.shape[-1])) for r in rows])
+    return torch.einsum("km,rmn->rkn", g, r.unflatten(-1, (n1, n2)).to(g.dtype)) * t
 
 
-def _untwist_idft(
-    c: Tensor, x: Tensor, skip: Tensor | None, length: int, out_dtype: torch.dtype
-) -> Tensor:
+def _untwist_idft(c: Tensor, length: int, out_dtype: torch.dtype) -> Tensor:
     """Step 5: ``y[m1 · N2 + m2] = Re(Σ_k1 conj(G[k1, m1] · T[k1, m2]) · c[k1, m2]) / P`` for
-    indices below ``length``, plus ``skip ⊙ x``, in ``out_dtype`` (``c`` is unscaled)."""
+    indices below ``length``, in ``out_dtype`` (``c`` is unscaled)."""
     n1, n2 = c.shape[-2:]
-    g, t = _tables(n1, n2, c.device)
     if _use_triton(c.device):
         from subq.ops._causal_fftconv_kernel import untwist_idft
 
-        return untwist_idft(c, x, skip, g, t, length, out_dtype, 1.0 / (n1 * n2))
+        g, t = _real_tables(n1, n2, c.device)
+        return untwist_idft(c, g, t, length, out_dtype, 1.0 / (n1 * n2))
+    g, t = _tables(n1, n2, c.device)
     y = torch.einsum("km,...kn->...mn", g.conj(), c * t.conj()).real / (n1 * n2)
-    y = y.flatten(-2)[..., :length]
-    if skip is not None:
-        y = y + skip.float()[:, None] * x.float()
-    return y.to(out_dtype)
-
-
-def _spectrum(rows: Tensor, taps: int, n1: int, n2: int) -> Tensor:
-    """Steps 1–2: ``DFT_P(rows · ωⁿ)`` in the four-step order ``[..., k1, k2]``."""
-    return torch.fft.fft(_twist_dft(rows, taps, n1, n2), dim=-1)
+    return y.flatten(-2)[..., :length].to(out_dtype)
 
 
 def _causal(
@@ -119,17 +124,19 @@ def _causal(
     length = x.shape[-1]
     n1, n2 = fourstep_plan(length)
     taps = min(kernel.shape[-1], length)  # lags ≥ L never reach an output
-    spec = _spectrum(kernel, taps, n1, n2)
-    s = _spectrum(x, length, n1, n2)
+    # x · δ is x: the skip is the kernel's lag 0, so step 5 need not read x again. The input's
+    # and the kernel's rows share one buffer and one cuFFT call.
+    s = torch.fft.fft(_twist_dft(x, kernel, skip, taps, n1, n2), dim=-1)
+    s, spec = s[: x.numel() // length], s[x.numel() // length :]
     if _use_triton(s.device):
         from subq.ops._causal_fftconv_kernel import cmul_
 
         cmul_(s, spec)
     else:
-        s.mul_(spec)
+        s.unflatten(0, (-1, spec.shape[0])).mul_(spec)
     # norm="forward": no scaling pass here; step 5 divides by P.
     s = torch.fft.ifft(s, dim=-1, norm="forward")
-    return _untwist_idft(s, x, skip, length, out_dtype or x.dtype)
+    return _untwist_idft(s, length, out_dtype or x.dtype).view(x.shape)
 
 
 class _CausalConv(torch.autograd.Function):

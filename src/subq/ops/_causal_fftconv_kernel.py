@@ -9,6 +9,8 @@ product at this size, and no TF32 rounding of the operands), fused with the row'
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -51,14 +53,22 @@ def _untwiddled(C, T, base, off, in_row, pair):
 
 @triton.jit
 def _twist_dft_kernel(
-    X, S, G, T,
-    row_len, taps, n2_size,
-    N1: tl.constexpr, BN: tl.constexpr,
+    X, K, SKIP, S, G, T,
+    x_rows, k_channels, x_len, k_len, taps, n2_size,
+    HAS_SKIP: tl.constexpr, N1: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
+    # Rows below ``x_rows`` read x, the rest the kernel (with the skip added to its lag 0).
     row, m2, m1, in_row, pair = _tile(n2_size, N1, BN)
     n = m1[:, None] * n2_size + m2[None, :]
-    keep = in_row[None, :] & (n < taps)
-    x = tl.load(X + row * row_len + n, mask=keep, other=0.0).to(tl.float32)  # [m1, m2]
+    if row < x_rows:
+        keep = in_row[None, :] & (n < x_len)
+        x = tl.load(X + row * x_len + n, mask=keep, other=0.0).to(tl.float32)  # [m1, m2]
+    else:
+        keep = in_row[None, :] & (n < taps)
+        x = tl.load(K + (row - x_rows) * k_len + n, mask=keep, other=0.0).to(tl.float32)
+        if HAS_SKIP:
+            d = tl.load(SKIP + (row - x_rows) % k_channels).to(tl.float32)
+            x += tl.where(n == 0, d, 0.0)
     # One output row k1 at a time: s[k1, m2] = T[k1, m2] · Σ_m1 G[k1, m1] · x[m1, m2].
     for k1 in tl.static_range(N1):
         gr, gi = _g_row(G, k1, m1, N1)
@@ -71,23 +81,22 @@ def _twist_dft_kernel(
 
 
 @triton.jit
-def _cmul_kernel(S, H, per_h, n_per_row, BLOCK: tl.constexpr):
-    # S[row] *= H[row % per_h], complex, in place.
-    row = tl.program_id(0).to(tl.int64)
+def _cmul_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
+    # S[r · per_h + h] *= H[h] for every r, complex, in place: each block of H is read once.
+    h = tl.program_id(0).to(tl.int64)
     i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     keep = (i < n_per_row)[:, None]
     pair = tl.arange(0, 2)[None, :]
-    s_ptr = S + (row * n_per_row + i)[:, None] * 2 + pair
-    sr, si = tl.split(tl.load(s_ptr, mask=keep, other=0.0))
-    hr, hi = tl.split(tl.load(H + ((row % per_h) * n_per_row + i)[:, None] * 2 + pair, mask=keep))
-    tl.store(s_ptr, tl.join(sr * hr - si * hi, sr * hi + si * hr), mask=keep)
+    hr, hi = tl.split(tl.load(H + (h * n_per_row + i)[:, None] * 2 + pair, mask=keep))
+    for r in range(reps):
+        s_ptr = S + ((r * per_h + h) * n_per_row + i)[:, None] * 2 + pair
+        sr, si = tl.split(tl.load(s_ptr, mask=keep, other=0.0))
+        tl.store(s_ptr, tl.join(sr * hr - si * hi, sr * hi + si * hr), mask=keep)
 
 
 @triton.jit
 def _untwist_idft_kernel(
-    C, Y, X, SKIP, G, T,
-    length, n2_size, channels, scale,
-    HAS_SKIP: tl.constexpr, N1: tl.constexpr, BN: tl.constexpr,
+    C, Y, G, T, length, n2_size, scale, N1: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
     row, m2, m1, in_row, pair = _tile(n2_size, N1, BN)
     y = tl.zeros([N1, BN], dtype=tl.float32)
@@ -96,73 +105,70 @@ def _untwist_idft_kernel(
         dr, di = _untwiddled(C, T, row * N1 * n2_size, k1 * n2_size + m2, in_row, pair)
         gr, gi = _g_row(G, k1, m1, N1)
         y += gr[:, None] * dr[None, :] + gi[:, None] * di[None, :]
-    y *= scale
     n = m1[:, None] * n2_size + m2[None, :]
     keep = in_row[None, :] & (n < length)
-    if HAS_SKIP:
-        d = tl.load(SKIP + row % channels).to(tl.float32)
-        y += d * tl.load(X + row * length + n, mask=keep, other=0.0).to(tl.float32)
-    tl.store(Y + row * length + n, y.to(Y.dtype.element_ty), mask=keep)
+    tl.store(Y + row * length + n, (y * scale).to(Y.dtype.element_ty), mask=keep)
 
 
+@functools.lru_cache(maxsize=256)
 def _launch(rows: int, n1: int, n2: int, elem_size: int) -> tuple[tuple[int, int], int, int]:
     """(grid, column block, warps) for an ``[N1, BN]`` tile read as ``elem_size``-byte values.
 
     The tile is as wide as the warps' 16-byte vector loads cover side by side, so each thread
     holds whole columns and the sum over ``m1`` (twist) stays in registers; a narrower tile puts
     warps on top of each other and the sum goes through shared memory (3-6x slower for bf16).
+    Plain integer math (cached): at 4096 samples a call's host time is as long as its GPU time.
     """
     vec = 16 // elem_size
-    block = min(triton.next_power_of_2(n2), 4 * 32 * vec, 8192 // n1)
+    block = min(1 << (n2 - 1).bit_length(), 4 * 32 * vec, 8192 // n1)
     # Few rows (the kernel's spectrum: C rows, not B·C): narrower tiles, so that every SM gets
     # several programs; a tile stays at least one warp's vector width.
-    while rows * triton.cdiv(n2, block) < 4096 and block > 32 * vec:
+    while rows * -(-n2 // block) < 4096 and block > 32 * vec:
         block //= 2
     warps = max(1, min(4, block // (32 * vec)))
-    return (rows, triton.cdiv(n2, block)), block, warps
+    return (rows, -(-n2 // block)), block, warps
 
 
-def twist_dft(rows: Tensor, taps: int, g: Tensor, t: Tensor, n1: int, n2: int) -> Tensor:
-    """Step 1 for ``rows`` ``[..., M]`` (first ``taps`` entries): complex64 ``[..., N1, N2]``."""
-    rows = rows.contiguous()
-    count = rows.numel() // max(rows.shape[-1], 1)
-    if count == 0 or taps == 0:  # nothing to read: the transform of zeros
-        return torch.zeros((*rows.shape[:-1], n1, n2), dtype=torch.complex64, device=rows.device)
-    out = torch.empty((*rows.shape[:-1], n1, n2), dtype=torch.complex64, device=rows.device)
-    grid, block, warps = _launch(count, n1, n2, rows.element_size())
+def twist_dft(
+    x: Tensor,
+    kernel: Tensor,
+    skip: Tensor | None,
+    taps: int,
+    g: Tensor,
+    t: Tensor,
+    n1: int,
+    n2: int,
+) -> Tensor:
+    """Step 1 for the rows of ``x`` ``[..., L]`` followed by the kernel's rows (first ``taps``
+    entries, ``skip`` added to lag 0): complex64 ``[rows(x) + rows(kernel), N1, N2]``. ``g`` and
+    ``t`` are the tables as float32 ``[..., 2]`` views."""
+    x, kernel = x.contiguous(), kernel.contiguous()
+    x_rows = x.numel() // max(x.shape[-1], 1)
+    rows = x_rows + kernel.numel() // max(kernel.shape[-1], 1)
+    out = torch.empty((rows, n1, n2), dtype=torch.complex64, device=x.device)
+    grid, block, warps = _launch(rows, n1, n2, x.element_size())
     _twist_dft_kernel[grid](
-        rows, torch.view_as_real(out), torch.view_as_real(g), torch.view_as_real(t),
-        rows.shape[-1], taps, n2, N1=n1, BN=block, num_warps=warps,
+        x, kernel, skip.contiguous() if skip is not None else kernel,
+        torch.view_as_real(out), g, t, x_rows, kernel.shape[-2], x.shape[-1], kernel.shape[-1], taps, n2,
+        HAS_SKIP=skip is not None, N1=n1, BN=block, num_warps=warps,
     )  # fmt: skip
     return out
 
 
 def untwist_idft(
-    c: Tensor,
-    x: Tensor,
-    skip: Tensor | None,
-    g: Tensor,
-    t: Tensor,
-    length: int,
-    out_dtype: torch.dtype,
-    scale: float,
+    c: Tensor, g: Tensor, t: Tensor, length: int, out_dtype: torch.dtype, scale: float
 ) -> Tensor:
-    """Step 5: ``[..., C, N1, N2]`` complex64 → ``[..., C, length]`` in ``out_dtype``."""
+    """Step 5: ``[..., N1, N2]`` complex64 → ``[..., length]`` in ``out_dtype`` (tables as in
+    :func:`twist_dft`)."""
     n1, n2 = c.shape[-2:]
     c = c.contiguous()
-    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    if skip is not None:  # the kernel reads x and skip only for the skip term, flat-indexed
-        x = x.contiguous()
-        skip = skip.contiguous()
-    count = x.numel() // max(length, 1)
-    if count == 0:
+    y = torch.empty((*c.shape[:-2], length), dtype=out_dtype, device=c.device)
+    count = c.numel() // (n1 * n2)
+    if count == 0 or length == 0:
         return y
     grid, block, warps = _launch(count, n1, n2, 4)
     _untwist_idft_kernel[grid](
-        torch.view_as_real(c), y, x if skip is not None else y, skip if skip is not None else y,
-        torch.view_as_real(g), torch.view_as_real(t),
-        length, n2, x.shape[-2], scale,
-        HAS_SKIP=skip is not None, N1=n1, BN=block, num_warps=warps,
+        torch.view_as_real(c), y, g, t, length, n2, scale, N1=n1, BN=block, num_warps=warps,
     )  # fmt: skip
     return y
 
@@ -171,10 +177,13 @@ def cmul_(s: Tensor, h: Tensor) -> Tensor:
     """``s *= h`` in place, complex64 ``[..., N1, N2]``; ``h``'s leading axes are ``s``'s
     trailing ones (``[C]`` shared over the batch, or ``[B, C]``)."""
     n_per_row = h.shape[-2] * h.shape[-1]
+    if s.numel() == 0:
+        return s
+    per_h = h.numel() // n_per_row
     block = 1024
-    grid = (s.numel() // n_per_row, triton.cdiv(n_per_row, block))
+    grid = (per_h, -(-n_per_row // block))
     _cmul_kernel[grid](
-        torch.view_as_real(s), torch.view_as_real(h.contiguous()), h.numel() // n_per_row,
+        torch.view_as_real(s), torch.view_as_real(h.contiguous()), s.numel() // h.numel(), per_h,
         n_per_row, BLOCK=block, num_warps=4,
     )  # fmt: skip
     return s

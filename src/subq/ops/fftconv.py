@@ -303,6 +303,9 @@ def _gated_core_k(q, k, v, kernel, skip, plans, value_gate):
 
 def _channel_chunks(x, kernel, skip, nd, chunk_size):
     """``(x, kernel, skip)`` for each block of channels (channels-first ``x``)."""
+    if chunk_size is None or chunk_size >= x.shape[1]:  # no views to make (host time)
+        yield x, kernel, skip
+        return
     for start, width in _chunks(x.shape[1], chunk_size):
         yield (
             x.narrow(1, start, width),
