@@ -5,6 +5,11 @@ Triton interpreter.
 Both kernels own an ``[N1, BN]`` tile of one row's ``[N1, N2]`` view: the size-``N1`` DFT is
 ``N1`` rounds of float32 multiply-adds over the tile (``N1 ≤ 32``: cheaper than a tensor-core
 product at this size, and no TF32 rounding of the operands), fused with the row's read or write.
+
+Every kernel here runs its programs in reverse row order. cuFFT walks its batch forwards, so the
+rows a kernel touches last, still in L2, are the ones the next cuFFT call reads first, and the
+rows cuFFT wrote last are the ones the next kernel reads first (4% at B4 × C1024 × 4096 on the
+H200, same output bit for bit).
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ __all__ = ["cmul_", "twist_dft", "untwist_idft"]
 @triton.jit
 def _tile(n2_size, N1: tl.constexpr, BN: tl.constexpr):
     # This program's row and column block m2, the column-DFT index, the in-row mask, and the
-    # offsets of a complex number's two floats.
-    m2 = tl.program_id(1) * BN + tl.arange(0, BN)
+    # offsets of a complex number's two floats. Programs run in reverse order (see module doc).
+    row = tl.num_programs(0) - 1 - tl.program_id(0).to(tl.int64)
+    m2 = (tl.num_programs(1) - 1 - tl.program_id(1)) * BN + tl.arange(0, BN)
     pair = tl.arange(0, 2)[None, :]
-    return tl.program_id(0).to(tl.int64), m2, tl.arange(0, N1), m2 < n2_size, pair
+    return row, m2, tl.arange(0, N1), m2 < n2_size, pair
 
 
 @triton.jit
@@ -83,12 +89,14 @@ def _twist_dft_kernel(
 @triton.jit
 def _cmul_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
     # S[r · per_h + h] *= H[h] for every r, complex, in place: each block of H is read once.
-    h = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    # In reverse order, like the other kernels.
+    h = per_h - 1 - tl.program_id(0).to(tl.int64)
+    i = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK + tl.arange(0, BLOCK)
     keep = (i < n_per_row)[:, None]
     pair = tl.arange(0, 2)[None, :]
     hr, hi = tl.split(tl.load(H + (h * n_per_row + i)[:, None] * 2 + pair, mask=keep))
-    for r in range(reps):
+    for rr in range(reps):
+        r = reps - 1 - rr
         s_ptr = S + ((r * per_h + h) * n_per_row + i)[:, None] * 2 + pair
         sr, si = tl.split(tl.load(s_ptr, mask=keep, other=0.0))
         tl.store(s_ptr, tl.join(sr * hr - si * hi, sr * hi + si * hr), mask=keep)
@@ -168,7 +176,8 @@ def untwist_idft(
         return y
     grid, block, warps = _launch(count, n1, n2, 4)
     _untwist_idft_kernel[grid](
-        torch.view_as_real(c), y, g, t, length, n2, scale, N1=n1, BN=block, num_warps=warps,
+        torch.view_as_real(c), y, g, t, length, n2, scale, N1=n1, BN=block,
+        num_warps=warps,
     )  # fmt: skip
     return y
 
