@@ -290,6 +290,50 @@ def test_triton_kernels_in_interpreter(triton_interpreted):
     assert fp16 < 2**-10 and bf16 < 2**-7  # one ulp of the largest entry
 
 
+GATES_INTERPRETED = textwrap.dedent(
+    """
+    import torch
+    from subq.ops import fftconv as ops
+
+    def compiled(*args):
+        raise AssertionError("without autograd the gates must not be compiled")
+
+    ops.compiled_for = compiled
+    torch.manual_seed(0)
+    worst, low = 0.0, 0.0
+    for shape, modes, kshape in [
+        ((2, 90, 6), ("causal",), (6, 90)),
+        ((2, 9, 7, 5), ("zero", "zero"), (5, 9, 7)),
+    ]:
+        q, k, v = (torch.randn(*shape, dtype=torch.float64) for _ in range(3))
+        kern, d = torch.randn(*kshape, dtype=torch.float64) / 9, torch.randn(shape[-1])
+        for gate in ("sigmoid", "silu", "none"):
+            for chunk in (None, 4):  # chunks: channel slices, not contiguous
+                want = ops.gated_fft_conv_reference(q, k, v, kern, d.double(), modes, gate)
+                with torch.no_grad():
+                    got = ops._gated_fourstep(q.float(), k.float(), v.float(), kern.float(), d,
+                                              modes, gate, chunk_size=chunk)
+                worst = max(worst, ((want - got.double()).abs().max() / want.abs().max()).item())
+        qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+        with torch.no_grad():
+            half = ops._gated_fourstep(qb, kb, vb, kern.float(), d, modes)
+        assert half.dtype == torch.bfloat16
+        want = ops.gated_fft_conv_reference(qb.double(), kb.double(), vb.double(), kern,
+                                            d.double(), modes)
+        low = max(low, ((want - half.double()).abs().max() / want.abs().max()).item())
+    print(worst, low)
+    """
+)
+
+
+def test_gate_kernels_in_interpreter(triton_interpreted):
+    # Hyena's gates without autograd: the Triton passes, 1D causal and 2D, every value gate,
+    # channel chunks (strided views), bf16 in and out.
+    worst, bf16 = triton_interpreted(GATES_INTERPRETED, 2)
+    assert worst < FP32_BOUND
+    assert bf16 < 2**-7  # one ulp of the largest entry
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_kernels_match_reference_forward_and_gradients():
     from subq.functional.fftconv import fft_conv

@@ -360,16 +360,28 @@ def _gate_out(h: Tensor, v: Tensor, value_gate: str, dtype: torch.dtype) -> Tens
 
 
 def _gated_fourstep(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None):
+    from subq.ops._causal_fftconv import _use_triton
+
     nd = len(modes)
+    # Without autograd the gates are two Triton passes (a compiled region's host time would be
+    # as long as the convolution at 4k); with it, compiled ones whose backward fuses too.
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, kernel, skip))
+    if not grad and _use_triton(q.device):
+        from subq.ops._fourstep_gates_kernel import gate_in_rows, gate_out
+    else:
+        gate_in_rows = gate_out = None
     outs = []
     for start, width in _chunks(q.shape[-1], chunk_size):
         qs, ks_, vs = (t.narrow(-1, start, width) for t in (q, k, v))
-        gate_in = compiled_for("gate_in", _gate_in_rows, tensor_signature(qs, ks_))
-        z = gate_in(qs, ks_)
         kern = kernel.narrow(kernel.ndim - nd - 1, start, width)
-        h = _fourstep_conv(z, kern, skip.narrow(0, start, width), modes)
-        gate_out = compiled_for("gate_out", _gate_out, (*tensor_signature(h, vs), value_gate))
-        outs.append(gate_out(h, vs, value_gate, q.dtype))
+        if gate_in_rows is not None:
+            h = _fourstep_conv(gate_in_rows(qs, ks_), kern, skip.narrow(0, start, width), modes)
+            outs.append(gate_out(h, vs, value_gate, q.dtype))
+            continue
+        gate_in = compiled_for("gate_in", _gate_in_rows, tensor_signature(qs, ks_))
+        h = _fourstep_conv(gate_in(qs, ks_), kern, skip.narrow(0, start, width), modes)
+        gate = compiled_for("gate_out", _gate_out, (*tensor_signature(h, vs), value_gate))
+        outs.append(gate(h, vs, value_gate, q.dtype))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
