@@ -31,7 +31,8 @@ shared by the batch.
 ``gated_fft_conv`` is Hyena's long convolution with its gates folded in:
 ``(K ∗ z + D ⊙ z) ⊙ σ₂(v)`` with ``z = q ⊙ σ(k)``, on channels-last inputs, with the same
 backends (the gates and the layout change fuse into the passes around the FFTs; for
-``fourstep``, into one compiled pass before and one after, with ``z`` kept in float32).
+``fourstep``, into one pass before and one after, with ``z`` kept in float32: Triton kernels
+without autograd, compiled ones with it).
 """
 
 from __future__ import annotations
