@@ -314,6 +314,14 @@ GATES_INTERPRETED = textwrap.dedent(
                     got = ops._gated_fourstep(q.float(), k.float(), v.float(), kern.float(), d,
                                               modes, gate, chunk_size=chunk)
                 worst = max(worst, ((want - got.double()).abs().max() / want.abs().max()).item())
+        # Channels-last views of channels-first storage (unit stride along positions, not
+        # channels) and every other position of a longer buffer.
+        views = [t.movedim(-1, 1).contiguous().movedim(1, -1) for t in (q, k)]
+        views.append(torch.stack([v, v + 1e3], -2)[..., 0, :])
+        want = ops.gated_fft_conv_reference(q, k, v, kern, d.double(), modes)
+        with torch.no_grad():
+            got = ops._gated_fourstep(*(t.float() for t in views), kern.float(), d, modes)
+        worst = max(worst, ((want - got.double()).abs().max() / want.abs().max()).item())
         qb, kb, vb = (t.bfloat16() for t in (q, k, v))
         with torch.no_grad():
             half = ops._gated_fourstep(qb, kb, vb, kern.float(), d, modes)
