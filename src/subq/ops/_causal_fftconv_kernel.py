@@ -129,8 +129,8 @@ def _launch(rows: int, n1: int, n2: int, elem_size: int) -> tuple[tuple[int, int
     """
     vec = 16 // elem_size
     block = min(1 << (n2 - 1).bit_length(), 4 * 32 * vec, 8192 // n1)
-    # Few rows (the kernel's spectrum: C rows, not B·C): narrower tiles, so that every SM gets
-    # several programs; a tile stays at least one warp's vector width.
+    # Few rows (small batches and channel counts): narrower tiles, so that every SM gets several
+    # programs; a tile stays at least one warp's vector width.
     while rows * -(-n2 // block) < 4096 and block > 32 * vec:
         block //= 2
     warps = max(1, min(4, block // (32 * vec)))
@@ -158,8 +158,8 @@ def twist_dft(
     # splits the m1-sum across threads (6x slower, measured).
     grid, block, warps = _launch(rows, n1, n2, min(x.element_size(), kernel.element_size()))
     _twist_dft_kernel[grid](
-        x, kernel, skip.contiguous() if skip is not None else kernel,
-        torch.view_as_real(out), g, t, x_rows, kernel.shape[-2], x.shape[-1], kernel.shape[-1], taps, n2,
+        x, kernel, skip.contiguous() if skip is not None else kernel, torch.view_as_real(out), g, t,
+        x_rows, kernel.shape[-2], x.shape[-1], kernel.shape[-1], taps, n2,
         HAS_SKIP=skip is not None, N1=n1, BN=block, num_warps=warps,
     )  # fmt: skip
     return out

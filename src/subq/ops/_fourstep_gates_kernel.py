@@ -25,9 +25,10 @@ GATES = {"sigmoid": 1, "silu": 2}
 @triton.jit
 def _tile(positions, channels, BS: tl.constexpr, BC: tl.constexpr):
     # This program's batch entry, positions [BS, 1], channels [1, BC] and the in-range mask
-    # (grid axis 0 runs over batch × position blocks: it alone has room for any count).
+    # (grid axis 0 runs over batch × position blocks: it alone has room for any count). int64
+    # positions: position × stride passes 2^31 in large 2D planes.
     blocks = tl.cdiv(positions, BS)
-    s = ((tl.program_id(0) % blocks) * BS + tl.arange(0, BS))[:, None]
+    s = ((tl.program_id(0) % blocks) * BS + tl.arange(0, BS)).to(tl.int64)[:, None]
     c = (tl.program_id(1) * BC + tl.arange(0, BC))[None, :]
     return (tl.program_id(0) // blocks).to(tl.int64), s, c, (s < positions) & (c < channels)
 
