@@ -106,6 +106,25 @@ def test_kernel_gradient_alone():
     assert_close_rel(want, got, FP32_BOUND)
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_input_gradient_alone_and_with_kernel(per_sample):
+    # A frozen kernel with a skip (the skip folded into the kernel's lag 0 in the backward too),
+    # then every subset of the leaves; the gradients share one pipeline.
+    x, k, d = _inputs(3, 2, 140, 50, per_sample, seed=16)
+    gy = torch.randn(3, 2, 140, generator=_g(17), dtype=torch.float64)
+    for wanted in [(0,), (1,), (0, 1), (0, 2), (1, 2)]:
+        leaves = [t.clone().requires_grad_(i in wanted) for i, t in enumerate((x, k, d))]
+        want = torch.autograd.grad(
+            fft_conv_direct(*leaves, ("causal",)), [leaves[i] for i in wanted], gy
+        )
+        leaves32 = [t.float().requires_grad_(i in wanted) for i, t in enumerate((x, k, d))]
+        y = fs.causal_fft_conv_fourstep(*leaves32)
+        got = torch.autograd.grad(y, [leaves32[i] for i in wanted], gy.float())
+        for w, g in zip(want, got, strict=True):
+            assert g.shape == w.shape
+            assert_close_rel(w, g, FP32_BOUND)
+
+
 def test_bf16_input_within_output_rounding():
     x, k, d = _inputs(2, 4, 777, 777, False, seed=20)
     xb = x.bfloat16()
@@ -274,6 +293,18 @@ INTERPRETED = textwrap.dedent(
             assert half.dtype == dtype
             ref = fft_conv_direct(xl.double(), k.detach(), None, ("causal",))
             low[dtype] = max(low.get(dtype, 0.0), rel(ref, half))
+    # One gradient at a time (the shared pipeline without the other's rows), with a skip.
+    for per_sample in (False, True):
+        x, d = torch.randn(2, 3, 70, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+        k = torch.randn(*((2, 3) if per_sample else (3,)), 30, dtype=torch.float64)
+        for i in range(2):
+            leaves = [t.clone().requires_grad_(j == i) for j, t in enumerate((x, k, d))]
+            gy = torch.randn(2, 3, 70, dtype=torch.float64)
+            (w,) = torch.autograd.grad(fft_conv_direct(*leaves, ("causal",)), leaves[i], gy)
+            leaves32 = [t.float().requires_grad_(j == i) for j, t in enumerate((x, k, d))]
+            (g,) = torch.autograd.grad(fs.causal_fft_conv_fourstep(*leaves32), leaves32[i],
+                                       gy.float())
+            worst = max(worst, rel(w, g))
     # N1 = 16 (long rows) on a short row, with the plan forced.
     fs.fourstep_plan = lambda n: (16, next_fast_len(-(-n // 16)))
     x, k = torch.randn(2, 2, 611, dtype=torch.float64), torch.randn(2, 611, dtype=torch.float64)

@@ -31,30 +31,37 @@ CASES = {
         *_sig(
             {"X": "bf16", "K": "fp32", "SKIP": "fp32", "S": "fp32", "G": "fp32", "T": "fp32"},
             ["x_rows", "k_channels", "x_len", "k_len", "taps", "n2_size"],
-            {"HAS_SKIP": True, "N1": 8, "BN": 512},
+            {"HAS_SKIP": True, "REV_X": False, "N1": 8, "BN": 512},
         ),
     ),
-    "twist, float32 x and bf16 kernel (kernel gradient)": (
+    "twist, bf16 gradient reversed and bf16 input (gradients)": (
         k1d._twist_dft_kernel,
         *_sig(
-            {"X": "fp32", "K": "bf16", "SKIP": "fp32", "S": "fp32", "G": "fp32", "T": "fp32"},
+            {"X": "bf16", "K": "bf16", "SKIP": "fp32", "S": "fp32", "G": "fp32", "T": "fp32"},
             ["x_rows", "k_channels", "x_len", "k_len", "taps", "n2_size"],
-            {"HAS_SKIP": False, "N1": 16, "BN": 1024},
+            {"HAS_SKIP": False, "REV_X": True, "N1": 16, "BN": 1024},
         ),
     ),
     "product": (
         k1d._cmul_kernel,
         *_sig({"S": "fp32", "H": "fp32"}, ["reps", "per_h", "n_per_row"], {"BLOCK": 1024}),
     ),
-    "untwist": (
-        k1d._untwist_idft_kernel,
-        *_sig(
-            {"C": "fp32", "Y": "bf16", "G": "fp32", "T": "fp32"},
-            ["length", "n2_size"],
-            {"N1": 8, "BN": 512},
-            floats=["scale"],
-        ),
+    "product summed over the batch": (
+        k1d._cmul_sum_kernel,
+        *_sig({"S": "fp32", "H": "fp32"}, ["reps", "per_h", "n_per_row"], {"BLOCK": 1024}),
     ),
+    **{
+        f"untwist{', reversed' if rev else ''}": (
+            k1d._untwist_idft_kernel,
+            *_sig(
+                {"C": "fp32", "Y": "bf16", "G": "fp32", "T": "fp32"},
+                ["length", "n2_size"],
+                {"REV": rev, "N1": 8, "BN": 512},
+                floats=["scale"],
+            ),
+        )
+        for rev in (False, True)
+    },
     "2D fold, shifted": (
         k2d._fold_dft_kernel,
         *_sig(

@@ -27,7 +27,11 @@ bandwidth (long ones do not). So one call is five passes over memory:
 Steps 1, 3 and 5 run as Triton kernels on CUDA (and under ``TRITON_INTERPRET=1``); elsewhere they
 run as the same math in PyTorch, so the decomposition is tested on any machine. All spectral math is
 float32. Gradients use the same pipeline: ``∂x`` is the time-reversed causal convolution of the
-time-reversed output gradient with the kernel, ``∂k`` the same with ``x`` as a per-row kernel.
+time-reversed output gradient with the kernel, ``∂k`` the same with ``x`` as a per-row kernel; the
+two share one buffer, one forward and one inverse cuFFT call, the output gradient's spectrum is
+made once, and a shared kernel's gradient is summed over the batch in the frequency domain (one
+inverse transform per channel, not per sample). Under ``create_graph`` the gradients go through
+the differentiable function instead, so second derivatives work.
 """
 
 from __future__ import annotations
@@ -83,36 +87,68 @@ def _use_triton(device: torch.device) -> bool:
 
 
 def _twist_dft(
-    x: Tensor, kernel: Tensor, skip: Tensor | None, taps: int, n1: int, n2: int
+    x: Tensor,
+    kernel: Tensor,
+    skip: Tensor | None,
+    taps: int,
+    n1: int,
+    n2: int,
+    reverse_x: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """Step 1 on the rows of ``x`` and then of ``kernel`` (its first ``taps`` lags, ``skip`` added
-    to lag 0, zero beyond): ``S[row, k1, m2] = T[k1, m2] · Σ_m1 G[k1, m1] · r[m1 · N2 + m2]``,
-    complex64 ``[rows(x) + rows(kernel), N1, N2]``."""
+    """Step 1 on the rows of ``x`` (back to front with ``reverse_x``) and then of ``kernel`` (its
+    first ``taps`` lags, ``skip`` added to lag 0, zero beyond):
+    ``S[row, k1, m2] = T[k1, m2] · Σ_m1 G[k1, m1] · r[m1 · N2 + m2]``, complex64
+    ``[rows(x) + rows(kernel), N1, N2]``, into ``out`` if given."""
     if _use_triton(x.device):
         from subq.ops._causal_fftconv_kernel import twist_dft
 
-        return twist_dft(x, kernel, skip, taps, *_real_tables(n1, n2, x.device), n1, n2)
+        tables = _real_tables(n1, n2, x.device)
+        return twist_dft(x, kernel, skip, taps, *tables, n1, n2, reverse_x, out)
     g, t = _tables(n1, n2, x.device)
     k = kernel[..., :taps].float()
     if skip is not None:
         k = torch.cat((k[..., :1] + skip.float()[:, None], k[..., 1:]), dim=-1)
-    rows = [r.reshape(-1, r.shape[-1]) for r in (x.float(), k)]
+    x = x.float().flip(-1) if reverse_x else x.float()
+    rows = [r.reshape(-1, r.shape[-1]) for r in (x, k)]
     r = torch.cat([torch.nn.functional.pad(r, (0, n1 * n2 - r.shape[-1])) for r in rows])
-    return torch.einsum("km,rmn->rkn", g, r.unflatten(-1, (n1, n2)).to(g.dtype)) * t
+    s = torch.einsum("km,rmn->rkn", g, r.unflatten(-1, (n1, n2)).to(g.dtype)) * t
+    return s if out is None else out.copy_(s)
 
 
-def _untwist_idft(c: Tensor, length: int, out_dtype: torch.dtype) -> Tensor:
+def _untwist_idft(c: Tensor, length: int, out_dtype: torch.dtype, reverse: bool = False) -> Tensor:
     """Step 5: ``y[m1 · N2 + m2] = Re(Σ_k1 conj(G[k1, m1] · T[k1, m2]) · c[k1, m2]) / P`` for
-    indices below ``length``, in ``out_dtype`` (``c`` is unscaled)."""
+    indices below ``length``, in ``out_dtype`` (``c`` is unscaled), each row back to front with
+    ``reverse``."""
     n1, n2 = c.shape[-2:]
     if _use_triton(c.device):
         from subq.ops._causal_fftconv_kernel import untwist_idft
 
         g, t = _real_tables(n1, n2, c.device)
-        return untwist_idft(c, g, t, length, out_dtype, 1.0 / (n1 * n2))
+        return untwist_idft(c, g, t, length, out_dtype, 1.0 / (n1 * n2), reverse)
     g, t = _tables(n1, n2, c.device)
     y = torch.einsum("km,...kn->...mn", g.conj(), c * t.conj()).real / (n1 * n2)
-    return y.flatten(-2)[..., :length].to(out_dtype)
+    y = y.flatten(-2)[..., :length]
+    return (y.flip(-1) if reverse else y).to(out_dtype)
+
+
+def _cmul(s: Tensor, h: Tensor) -> Tensor:
+    """``s *= h`` in place, ``h``'s rows repeated over ``s``'s leading block axis."""
+    if _use_triton(s.device):
+        from subq.ops._causal_fftconv_kernel import cmul_
+
+        return cmul_(s, h)
+    s.unflatten(0, (-1, h.shape[0])).mul_(h)
+    return s
+
+
+def _cmul_sum(s: Tensor, h: Tensor, per_h: int) -> Tensor:
+    """``h[:per_h] = Σ_r s[r] ⊙ h[r]`` over blocks of ``per_h`` rows; returns ``h[:per_h]``."""
+    if _use_triton(s.device):
+        from subq.ops._causal_fftconv_kernel import cmul_sum_
+
+        return cmul_sum_(s, h, per_h)
+    return h[:per_h].copy_((s * h).unflatten(0, (-1, per_h)).sum(0))
 
 
 def _causal(
@@ -128,15 +164,76 @@ def _causal(
     # and the kernel's rows share one buffer and one cuFFT call.
     s = torch.fft.fft(_twist_dft(x, kernel, skip, taps, n1, n2), dim=-1)
     s, spec = s[: x.numel() // length], s[x.numel() // length :]
-    if _use_triton(s.device):
-        from subq.ops._causal_fftconv_kernel import cmul_
-
-        cmul_(s, spec)
-    else:
-        s.unflatten(0, (-1, spec.shape[0])).mul_(spec)
+    _cmul(s, spec)
     # norm="forward": no scaling pass here; step 5 divides by P.
     s = torch.fft.ifft(s, dim=-1, norm="forward")
     return _untwist_idft(s, length, out_dtype or x.dtype).view(x.shape)
+
+
+def _gradients(
+    x: Tensor, kernel: Tensor, skip: Tensor | None, grad: Tensor, need_x: bool, need_k: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """First-order ``∂x`` and ``∂k`` in one pipeline. Both are causal convolutions of the output
+    gradient in reversed time (``∂x[n] = Σ_{m≥n} g[m] k[m−n] + D g[n]``, the skip again the
+    kernel's lag 0; ``∂k[j] = Σ_n g[n] x[n−j]``), so the gradient's spectrum is made once, with
+    the input's and the kernel's, by one cuFFT call; the first and last kernels reverse time as
+    they read and write; the shared kernel's gradient sums its products over the batch before its
+    inverse transform."""
+    if x.numel() == 0:
+        return torch.zeros_like(x), torch.zeros_like(kernel)
+    length, k_len = x.shape[-1], kernel.shape[-1]
+    n1, n2 = fourstep_plan(length)
+    rows = x.numel() // length
+    per_k = kernel.numel() // k_len  # C, or B·C for per-sample kernels
+    taps = min(k_len, length)  # longer taps never reach an output: zero gradient
+    # Buffer rows: [g reversed | x (for ∂k) | kernel (for ∂x)]. The g block and the first per_k
+    # rows of the x block are adjacent, so one inverse call serves both gradients.
+    n_x = rows if need_k else 0
+    buf = torch.empty(
+        (rows + n_x + (per_k if need_x else 0), n1, n2), dtype=torch.complex64, device=x.device
+    )
+    x_src = x if need_k else x.new_empty(0, 1)
+    _twist_dft(grad, x_src, None, length, n1, n2, reverse_x=True, out=buf[: rows + n_x])
+    if need_x:
+        _twist_dft(kernel.new_empty(0, 1), kernel, skip, taps, n1, n2, out=buf[rows + n_x :])
+    spec = torch.fft.fft(buf, dim=-1)
+    del buf
+    g_spec = spec[:rows]
+    if need_k:  # before ∂x's product overwrites g's spectrum
+        _cmul_sum(g_spec, spec[rows : 2 * rows], per_k)
+    if need_x:
+        _cmul(g_spec, spec[rows + n_x :])
+    lo, hi = (0 if need_x else rows), rows + (per_k if need_k else 0)
+    inv = torch.fft.ifft(spec[lo:hi], dim=-1, norm="forward")
+    gx = gk = None
+    if need_x:
+        gx = _untwist_idft(inv[:rows], length, x.dtype, reverse=True).view(x.shape)
+    if need_k:
+        corr = _untwist_idft(inv[hi - lo - per_k :], length, torch.float32, reverse=True)
+        gk = torch.nn.functional.pad(corr[:, :taps], (0, k_len - taps))
+        gk = gk.to(kernel.dtype).view(kernel.shape)
+    return gx, gk
+
+
+def _differentiable_gradients(
+    x: Tensor, kernel: Tensor, skip: Tensor | None, grad: Tensor, need_x: bool, need_k: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`_gradients` as differentiable causal convolutions, for ``create_graph``."""
+    k_len = kernel.shape[-1]
+    g_rev = grad.float().flip(-1)
+    gx = gk = None
+    if need_x:
+        gx = causal_fft_conv_fourstep(g_rev, kernel, None).flip(-1)
+        if skip is not None:
+            gx = gx + skip.float()[:, None] * grad.float()
+        gx = gx.to(x.dtype)
+    if need_k:
+        corr = causal_fft_conv_fourstep(g_rev, x, None)
+        if kernel.dim() == 2:
+            corr = corr.sum(0)
+        corr = corr.flip(-1)[..., :k_len]
+        gk = torch.nn.functional.pad(corr, (0, k_len - corr.shape[-1])).to(kernel.dtype)
+    return gx, gk
 
 
 class _CausalConv(torch.autograd.Function):
@@ -147,25 +244,13 @@ class _CausalConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        # Each gradient is again a causal convolution (in reversed time), computed by the public
-        # function: under create_graph it records its own graph, so second derivatives work.
         x, kernel, skip = ctx.saved_tensors
-        k_len = kernel.shape[-1]
-        g_rev = grad.float().flip(-1)
-        gx = gk = gskip = None
-        if ctx.needs_input_grad[0]:
-            # ∂x[n] = Σ_{m ≥ n} g[m] · k[m − n].
-            gx = causal_fft_conv_fourstep(g_rev, kernel, None).flip(-1)
-            if skip is not None:
-                gx = gx + skip.float()[:, None] * grad.float()
-            gx = gx.to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            # ∂k[j] = Σ_n g[n] · x[n − j] (j < L; longer taps never reach an output).
-            corr = causal_fft_conv_fourstep(g_rev, x, None)
-            if kernel.dim() == 2:
-                corr = corr.sum(0)
-            corr = corr.flip(-1)[..., :k_len]
-            gk = torch.nn.functional.pad(corr, (0, k_len - corr.shape[-1])).to(kernel.dtype)
+        need_x, need_k = ctx.needs_input_grad[:2]
+        # Under create_graph each gradient goes through the public function, which records its
+        # own graph (second derivatives); otherwise both share one pipeline.
+        grads = _differentiable_gradients if torch.is_grad_enabled() else _gradients
+        gx, gk = grads(x, kernel, skip, grad, need_x, need_k)
+        gskip = None
         if skip is not None and ctx.needs_input_grad[2]:
             gskip = (grad.float() * x.float()).sum((0, 2)).to(skip.dtype)
         return gx, gk, gskip

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["cmul_", "twist_dft", "untwist_idft"]
+__all__ = ["cmul_", "cmul_sum_", "twist_dft", "untwist_idft"]
 
 
 @triton.jit
@@ -61,14 +61,16 @@ def _untwiddled(C, T, base, off, in_row, pair):
 def _twist_dft_kernel(
     X, K, SKIP, S, G, T,
     x_rows, k_channels, x_len, k_len, taps, n2_size,
-    HAS_SKIP: tl.constexpr, N1: tl.constexpr, BN: tl.constexpr,
+    HAS_SKIP: tl.constexpr, REV_X: tl.constexpr, N1: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    # Rows below ``x_rows`` read x, the rest the kernel (with the skip added to its lag 0).
+    # Rows below ``x_rows`` read x (back to front with REV_X), the rest the kernel (with the
+    # skip added to its lag 0).
     row, m2, m1, in_row, pair = _tile(n2_size, N1, BN)
     n = m1[:, None] * n2_size + m2[None, :]
     if row < x_rows:
         keep = in_row[None, :] & (n < x_len)
-        x = tl.load(X + row * x_len + n, mask=keep, other=0.0).to(tl.float32)  # [m1, m2]
+        src = x_len - 1 - n if REV_X else n
+        x = tl.load(X + row * x_len + src, mask=keep, other=0.0).to(tl.float32)  # [m1, m2]
     else:
         keep = in_row[None, :] & (n < taps)
         x = tl.load(K + (row - x_rows) * k_len + n, mask=keep, other=0.0).to(tl.float32)
@@ -103,9 +105,28 @@ def _cmul_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _cmul_sum_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
+    # H[h] = Σ_r S[r · per_h + h] · H[r · per_h + h], complex, into H's first ``per_h`` rows.
+    h = per_h - 1 - tl.program_id(0).to(tl.int64)
+    i = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK + tl.arange(0, BLOCK)
+    keep = (i < n_per_row)[:, None]
+    pair = tl.arange(0, 2)[None, :]
+    acc_r = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_i = tl.zeros([BLOCK], dtype=tl.float32)
+    for rr in range(reps):
+        off = (((reps - 1 - rr) * per_h + h) * n_per_row + i)[:, None] * 2 + pair
+        sr, si = tl.split(tl.load(S + off, mask=keep, other=0.0))
+        hr, hi = tl.split(tl.load(H + off, mask=keep, other=0.0))
+        acc_r += sr * hr - si * hi
+        acc_i += sr * hi + si * hr
+    tl.store(H + (h * n_per_row + i)[:, None] * 2 + pair, tl.join(acc_r, acc_i), mask=keep)
+
+
+@triton.jit
 def _untwist_idft_kernel(
-    C, Y, G, T, length, n2_size, scale, N1: tl.constexpr, BN: tl.constexpr,
+    C, Y, G, T, length, n2_size, scale, REV: tl.constexpr, N1: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
+    # With REV, each row is written back to front.
     row, m2, m1, in_row, pair = _tile(n2_size, N1, BN)
     y = tl.zeros([N1, BN], dtype=tl.float32)
     # Inverse column DFT as N1 outer products: y[m1, m2] += Re(conj(G[k1, m1] T[k1, m2]) c[k1, m2]).
@@ -115,7 +136,8 @@ def _untwist_idft_kernel(
         y += gr[:, None] * dr[None, :] + gi[:, None] * di[None, :]
     n = m1[:, None] * n2_size + m2[None, :]
     keep = in_row[None, :] & (n < length)
-    tl.store(Y + row * length + n, (y * scale).to(Y.dtype.element_ty), mask=keep)
+    dst = length - 1 - n if REV else n
+    tl.store(Y + row * length + dst, (y * scale).to(Y.dtype.element_ty), mask=keep)
 
 
 @functools.lru_cache(maxsize=256)
@@ -146,30 +168,40 @@ def twist_dft(
     t: Tensor,
     n1: int,
     n2: int,
+    reverse_x: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """Step 1 for the rows of ``x`` ``[..., L]`` followed by the kernel's rows (first ``taps``
-    entries, ``skip`` added to lag 0): complex64 ``[rows(x) + rows(kernel), N1, N2]``. ``g`` and
-    ``t`` are the tables as float32 ``[..., 2]`` views."""
+    """Step 1 for the rows of ``x`` ``[..., L]`` (back to front with ``reverse_x``) followed by the
+    kernel's rows (first ``taps`` entries, ``skip`` added to lag 0): complex64
+    ``[rows(x) + rows(kernel), N1, N2]``, into ``out`` if given. ``g`` and ``t`` are the tables as
+    float32 ``[..., 2]`` views."""
     x, kernel = x.contiguous(), kernel.contiguous()
     x_rows = x.numel() // max(x.shape[-1], 1)
     rows = x_rows + kernel.numel() // max(kernel.shape[-1], 1)
-    out = torch.empty((rows, n1, n2), dtype=torch.complex64, device=x.device)
+    if out is None:
+        out = torch.empty((rows, n1, n2), dtype=torch.complex64, device=x.device)
     # Sized for the narrower of the two dtypes: a bf16 tile under a launch sized for float32
     # splits the m1-sum across threads (6x slower, measured).
     grid, block, warps = _launch(rows, n1, n2, min(x.element_size(), kernel.element_size()))
     _twist_dft_kernel[grid](
         x, kernel, skip.contiguous() if skip is not None else kernel, torch.view_as_real(out), g, t,
         x_rows, kernel.shape[-2], x.shape[-1], kernel.shape[-1], taps, n2,
-        HAS_SKIP=skip is not None, N1=n1, BN=block, num_warps=warps,
+        HAS_SKIP=skip is not None, REV_X=reverse_x, N1=n1, BN=block, num_warps=warps,
     )  # fmt: skip
     return out
 
 
 def untwist_idft(
-    c: Tensor, g: Tensor, t: Tensor, length: int, out_dtype: torch.dtype, scale: float
+    c: Tensor,
+    g: Tensor,
+    t: Tensor,
+    length: int,
+    out_dtype: torch.dtype,
+    scale: float,
+    reverse: bool = False,
 ) -> Tensor:
-    """Step 5: ``[..., N1, N2]`` complex64 → ``[..., length]`` in ``out_dtype`` (tables as in
-    :func:`twist_dft`)."""
+    """Step 5: ``[..., N1, N2]`` complex64 → ``[..., length]`` in ``out_dtype``, each row back to
+    front with ``reverse`` (tables as in :func:`twist_dft`)."""
     n1, n2 = c.shape[-2:]
     c = c.contiguous()
     y = torch.empty((*c.shape[:-2], length), dtype=out_dtype, device=c.device)
@@ -178,7 +210,7 @@ def untwist_idft(
         return y
     grid, block, warps = _launch(count, n1, n2, 4)
     _untwist_idft_kernel[grid](
-        torch.view_as_real(c), y, g, t, length, n2, scale, N1=n1, BN=block,
+        torch.view_as_real(c), y, g, t, length, n2, scale, REV=reverse, N1=n1, BN=block,
         num_warps=warps,
     )  # fmt: skip
     return y
@@ -198,3 +230,17 @@ def cmul_(s: Tensor, h: Tensor) -> Tensor:
         n_per_row, BLOCK=block, num_warps=4,
     )  # fmt: skip
     return s
+
+
+def cmul_sum_(s: Tensor, h: Tensor, per_h: int) -> Tensor:
+    """``h[:per_h] = Σ_r s[r, :per_h] ⊙ h[r, :per_h]`` over the ``s.shape[0] / per_h`` blocks of
+    ``per_h`` rows, complex64 ``[rows, N1, N2]``; returns ``h[:per_h]``."""
+    if s.numel() == 0:
+        return h[:per_h]
+    n_per_row = h.shape[-2] * h.shape[-1]
+    block = 1024
+    _cmul_sum_kernel[(per_h, -(-n_per_row // block))](
+        torch.view_as_real(s), torch.view_as_real(h), s.shape[0] // per_h, per_h, n_per_row,
+        BLOCK=block, num_warps=4,
+    )  # fmt: skip
+    return h[:per_h]
