@@ -89,17 +89,21 @@ def _twist_dft_kernel(
 
 
 @triton.jit
-def _cmul_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
-    # S[r · per_h + h] *= H[h] for every r, complex, in place: each block of H is read once.
-    # In reverse order, like the other kernels.
+def _spectral_block(per_h, n_per_row, BLOCK: tl.constexpr):
+    # The products' tile: row h of the ``per_h`` rows that every block r repeats, its entries i,
+    # their mask and a complex number's two float offsets; in reverse order like the others.
     h = per_h - 1 - tl.program_id(0).to(tl.int64)
     i = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK + tl.arange(0, BLOCK)
-    keep = (i < n_per_row)[:, None]
-    pair = tl.arange(0, 2)[None, :]
+    return h, i, (i < n_per_row)[:, None], tl.arange(0, 2)[None, :]
+
+
+@triton.jit
+def _cmul_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
+    # S[r · per_h + h] *= H[h] for every r, complex, in place: each block of H is read once.
+    h, i, keep, pair = _spectral_block(per_h, n_per_row, BLOCK)
     hr, hi = tl.split(tl.load(H + (h * n_per_row + i)[:, None] * 2 + pair, mask=keep))
     for rr in range(reps):
-        r = reps - 1 - rr
-        s_ptr = S + ((r * per_h + h) * n_per_row + i)[:, None] * 2 + pair
+        s_ptr = S + (((reps - 1 - rr) * per_h + h) * n_per_row + i)[:, None] * 2 + pair
         sr, si = tl.split(tl.load(s_ptr, mask=keep, other=0.0))
         tl.store(s_ptr, tl.join(sr * hr - si * hi, sr * hi + si * hr), mask=keep)
 
@@ -107,10 +111,7 @@ def _cmul_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
 @triton.jit
 def _cmul_sum_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
     # H[h] = Σ_r S[r · per_h + h] · H[r · per_h + h], complex, into H's first ``per_h`` rows.
-    h = per_h - 1 - tl.program_id(0).to(tl.int64)
-    i = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK + tl.arange(0, BLOCK)
-    keep = (i < n_per_row)[:, None]
-    pair = tl.arange(0, 2)[None, :]
+    h, i, keep, pair = _spectral_block(per_h, n_per_row, BLOCK)
     acc_r = tl.zeros([BLOCK], dtype=tl.float32)
     acc_i = tl.zeros([BLOCK], dtype=tl.float32)
     for rr in range(reps):
