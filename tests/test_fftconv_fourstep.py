@@ -329,6 +329,9 @@ GATES_INTERPRETED = textwrap.dedent(
     def compiled(*args):
         raise AssertionError("without autograd the gates must not be compiled")
 
+    def rel(want, got):
+        return ((want - got.double()).abs().max() / want.abs().max()).item()
+
     ops.compiled_for = compiled
     torch.manual_seed(0)
     worst, low = 0.0, 0.0
@@ -344,7 +347,7 @@ GATES_INTERPRETED = textwrap.dedent(
                 with torch.no_grad():
                     got = ops._gated_fourstep(q.float(), k.float(), v.float(), kern.float(), d,
                                               modes, gate, chunk_size=chunk)
-                worst = max(worst, ((want - got.double()).abs().max() / want.abs().max()).item())
+                worst = max(worst, rel(want, got))
         # Channels-last views of channels-first storage (unit stride along positions, not
         # channels) and every other position of a longer buffer.
         views = [t.movedim(-1, 1).contiguous().movedim(1, -1) for t in (q, k)]
@@ -352,14 +355,14 @@ GATES_INTERPRETED = textwrap.dedent(
         want = ops.gated_fft_conv_reference(q, k, v, kern, d.double(), modes)
         with torch.no_grad():
             got = ops._gated_fourstep(*(t.float() for t in views), kern.float(), d, modes)
-        worst = max(worst, ((want - got.double()).abs().max() / want.abs().max()).item())
+        worst = max(worst, rel(want, got))
         qb, kb, vb = (t.bfloat16() for t in (q, k, v))
         with torch.no_grad():
             half = ops._gated_fourstep(qb, kb, vb, kern.float(), d, modes)
         assert half.dtype == torch.bfloat16
         want = ops.gated_fft_conv_reference(qb.double(), kb.double(), vb.double(), kern,
                                             d.double(), modes)
-        low = max(low, ((want - half.double()).abs().max() / want.abs().max()).item())
+        low = max(low, rel(want, half))
     print(worst, low)
     """
 )
