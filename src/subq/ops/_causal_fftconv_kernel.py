@@ -102,8 +102,10 @@ def _cmul_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
     # S[r · per_h + h] *= H[h] for every r, complex, in place: each block of H is read once.
     h, i, keep, pair = _spectral_block(per_h, n_per_row, BLOCK)
     hr, hi = tl.split(tl.load(H + (h * n_per_row + i)[:, None] * 2 + pair, mask=keep))
-    for rr in range(reps):
-        s_ptr = S + (((reps - 1 - rr) * per_h + h) * n_per_row + i)[:, None] * 2 + pair
+    r = reps
+    while r > 0:  # not range(reps): older Triton interpreters cannot index with a runtime bound
+        r -= 1
+        s_ptr = S + ((r * per_h + h) * n_per_row + i)[:, None] * 2 + pair
         sr, si = tl.split(tl.load(s_ptr, mask=keep, other=0.0))
         tl.store(s_ptr, tl.join(sr * hr - si * hi, sr * hi + si * hr), mask=keep)
 
@@ -114,8 +116,10 @@ def _cmul_sum_kernel(S, H, reps, per_h, n_per_row, BLOCK: tl.constexpr):
     h, i, keep, pair = _spectral_block(per_h, n_per_row, BLOCK)
     acc_r = tl.zeros([BLOCK], dtype=tl.float32)
     acc_i = tl.zeros([BLOCK], dtype=tl.float32)
-    for rr in range(reps):
-        off = (((reps - 1 - rr) * per_h + h) * n_per_row + i)[:, None] * 2 + pair
+    r = reps
+    while r > 0:
+        r -= 1
+        off = ((r * per_h + h) * n_per_row + i)[:, None] * 2 + pair
         sr, si = tl.split(tl.load(S + off, mask=keep, other=0.0))
         hr, hi = tl.split(tl.load(H + off, mask=keep, other=0.0))
         acc_r += sr * hr - si * hi
