@@ -112,7 +112,7 @@ def test_input_gradient_alone_and_with_kernel(per_sample):
     # then every subset of the leaves; the gradients share one pipeline.
     x, k, d = _inputs(3, 2, 140, 50, per_sample, seed=16)
     gy = torch.randn(3, 2, 140, generator=_g(17), dtype=torch.float64)
-    for wanted in [(0,), (1,), (0, 1), (0, 2), (1, 2)]:
+    for wanted in [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]:
         leaves = [t.clone().requires_grad_(i in wanted) for i, t in enumerate((x, k, d))]
         want = torch.autograd.grad(
             fft_conv_direct(*leaves, ("causal",)), [leaves[i] for i in wanted], gy

@@ -73,6 +73,24 @@ def test_gradients_match_direct_convolution(b, c, hw, khw, per_sample):
         assert_close_rel(w, g, FP32_BOUND)
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_every_subset_of_gradients(per_sample):
+    # The backward shares one plan and the output gradient's spectrum between ∂x and ∂k; each
+    # subset of the leaves (with and without the skip) runs only its own part of it.
+    x, k, d = _inputs(3, 2, (11, 9), (6, 13), per_sample, seed=14)
+    gy = torch.randn(x.shape, generator=_g(15), dtype=torch.float64)
+    for wanted in [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]:
+        leaves = [t.clone().requires_grad_(i in wanted) for i, t in enumerate((x, k, d))]
+        want = torch.autograd.grad(fft_conv_direct(*leaves, MODES), [leaves[i] for i in wanted], gy)
+        leaves32 = [t.float().requires_grad_(i in wanted) for i, t in enumerate((x, k, d))]
+        got = torch.autograd.grad(
+            s2.same_fft_conv2d(*leaves32), [leaves32[i] for i in wanted], gy.float()
+        )
+        for w, g in zip(want, got, strict=True):
+            assert g.shape == w.shape, wanted
+            assert_close_rel(w, g, FP32_BOUND)
+
+
 def _direct_window(x, kernel, s0, out):
     """Oracle for the window: the full linear convolution by ``F.conv2d``, cut at ``s0``."""
     kh, kw = kernel.shape[-2:]
@@ -255,6 +273,17 @@ INTERPRETED = textwrap.dedent(
             assert half.dtype == dtype
             ref = fft_conv_direct(xl.double(), k.detach(), d.detach(), modes)
             low[dtype] = max(low.get(dtype, 0.0), rel(ref, half))
+    # One gradient at a time (the shared pipeline without the other's spectra), with a skip.
+    for per_sample in (False, True):
+        x, d = torch.randn(2, 3, 9, 7, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+        k = torch.randn(*((2, 3) if per_sample else (3,)), 5, 12, dtype=torch.float64)
+        gy = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+        for i in range(2):
+            leaves = [t.clone().requires_grad_(j == i) for j, t in enumerate((x, k, d))]
+            (want,) = torch.autograd.grad(fft_conv_direct(*leaves, modes), leaves[i], gy)
+            leaves = [t.float().requires_grad_(j == i) for j, t in enumerate((x, k, d))]
+            (got,) = torch.autograd.grad(s2.same_fft_conv2d(*leaves), leaves[i], gy.float())
+            worst = max(worst, rel(want, got))
     print(worst, low[torch.float16], low[torch.bfloat16])
     """
 )

@@ -179,6 +179,8 @@ def _gradients(
     the input's and the kernel's, by one cuFFT call; the first and last kernels reverse time as
     they read and write; the shared kernel's gradient sums its products over the batch before its
     inverse transform."""
+    if not (need_x or need_k):  # only the skip's gradient is wanted
+        return None, None
     if x.numel() == 0:
         return torch.zeros_like(x), torch.zeros_like(kernel)
     length, k_len = x.shape[-1], kernel.shape[-1]

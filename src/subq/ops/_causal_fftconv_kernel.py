@@ -239,10 +239,10 @@ def cmul_(s: Tensor, h: Tensor) -> Tensor:
 
 def cmul_sum_(s: Tensor, h: Tensor, per_h: int) -> Tensor:
     """``h[:per_h] = Σ_r s[r, :per_h] ⊙ h[r, :per_h]`` over the ``s.shape[0] / per_h`` blocks of
-    ``per_h`` rows, complex64 ``[rows, N1, N2]``; returns ``h[:per_h]``."""
+    ``per_h`` rows, complex64 ``[rows, ...]``; returns ``h[:per_h]``."""
     if s.numel() == 0:
         return h[:per_h]
-    n_per_row = h.shape[-2] * h.shape[-1]
+    n_per_row = h[0].numel()
     block = 1024
     _cmul_sum_kernel[(per_h, -(-n_per_row // block))](
         torch.view_as_real(s), torch.view_as_real(h), s.shape[0] // per_h, per_h, n_per_row,

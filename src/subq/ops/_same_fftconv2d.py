@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-from subq.ops._causal_fftconv import _use_triton
+from subq.ops._causal_fftconv import _cmul, _cmul_sum, _use_triton
 
 __all__ = ["same_fft_conv2d", "window_fft_conv2d", "window_plan"]
 
@@ -103,10 +103,11 @@ def _fold_dft(planes: Tensor, shift: tuple[int, int], plan: tuple[int, int, int]
 
 
 def _unfold_idft(
-    c: Tensor, x: Tensor, skip: Tensor | None, out: tuple[int, int], out_dtype: torch.dtype
+    c: Tensor, x: Tensor | None, skip: Tensor | None, out: tuple[int, int], out_dtype: torch.dtype
 ) -> Tensor:
     """Step 5: ``u[m1 · N2 + m2, j] = Σ_k1 conj(G[k1, m1] · T[k1, m2, j]) · c[k1, m2, j] / (S_H Q)``,
-    then ``y[:, j] = Re u``, ``y[:, j + Q] = Im u``, cropped to ``out``, plus ``skip ⊙ x``."""
+    then ``y[:, j] = Re u``, ``y[:, j + Q] = Im u``, cropped to ``out``, plus ``skip ⊙ x`` (``x``
+    is read only for the skip term)."""
     n1, n2, q = c.shape[-3:]
     g, t = _tables(n1, n2, q, c.device)
     scale = 1.0 / (n1 * n2 * q)
@@ -127,6 +128,32 @@ def _spectrum(planes: Tensor, shift: tuple[int, int], plan: tuple[int, int, int]
     return torch.fft.fft2(_fold_dft(planes, shift, plan))
 
 
+def _reach(
+    kernel: Tensor, s0: tuple[int, int], n: tuple[int, int], out: tuple[int, int]
+) -> tuple[Tensor, tuple[int, int]]:
+    """``kernel`` without the taps that cannot reach the window, and the window's start in it
+    (so the buffer never holds two taps at once)."""
+    shift = []
+    for axis in range(2):
+        d = kernel.ndim - 2 + axis
+        lo = min(max(0, s0[axis] - (n[axis] - 1)), kernel.shape[d])
+        hi = max(min(kernel.shape[d], s0[axis] + out[axis]), lo)
+        kernel = kernel.narrow(d, lo, hi - lo)
+        shift.append(s0[axis] - lo)
+    return kernel, (shift[0], shift[1])
+
+
+def _plan(n: tuple[int, int], windows: list[tuple[Tensor, tuple[int, int], tuple[int, int]]]):
+    """One plan exact for every ``(kernel, shift, out)`` window of an ``n``-sized input."""
+    plans = [window_plan(n, tuple(k.shape[-2:]), shift, out, N1) for k, shift, out in windows]
+    return tuple(max(sizes) for sizes in zip(*plans))
+
+
+def _spectra_product(s: Tensor, h: Tensor) -> Tensor:
+    """``s *= h`` in place over ``[..., N1, N2, Q]`` spectra, ``h`` shared over ``s``'s batch."""
+    return _cmul(s.flatten(0, -4), h.flatten(0, -4))
+
+
 def _window(
     x: Tensor,
     kernel: Tensor,
@@ -136,33 +163,83 @@ def _window(
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     out_dtype = out_dtype or x.dtype
-    n = tuple(x.shape[-2:])
-    # Taps that cannot reach the window are dropped (so the buffer never holds two taps at once).
-    k, shift = kernel, []
-    for axis in range(2):
-        k_len, d = k.shape[k.ndim - 2 + axis], k.ndim - 2 + axis
-        lo = min(max(0, s0[axis] - (n[axis] - 1)), k_len)
-        hi = max(min(k_len, s0[axis] + out[axis]), lo)
-        k = k.narrow(d, lo, hi - lo)
-        shift.append(s0[axis] - lo)
+    n = (x.shape[-2], x.shape[-1])
+    k, shift = _reach(kernel, s0, n, out)
     if x.numel() == 0 or k.numel() == 0:
         y = x.new_zeros((*x.shape[:-2], *out), dtype=torch.float32)
         if skip is not None:
             y = y + skip.float()[:, None, None] * x.float()
         return y.to(out_dtype)
-    shift = tuple(shift)
-    plan = window_plan(n, tuple(k.shape[-2:]), shift, out, N1)
-    spec = _spectrum(k, shift, plan)
+    plan = _plan(n, [(k, shift, out)])
     s = _spectrum(x, (0, 0), plan)
-    if _use_triton(s.device):
-        from subq.ops._causal_fftconv_kernel import cmul_
-
-        cmul_(s, spec)
-    else:
-        s.mul_(spec)
+    _spectra_product(s, _spectrum(k, shift, plan))
     # norm="forward": no scaling pass here; step 5 divides by S_H · Q.
-    s = torch.fft.ifft2(s, norm="forward")
-    return _unfold_idft(s, x, skip, out, out_dtype)
+    return _unfold_idft(torch.fft.ifft2(s, norm="forward"), x, skip, out, out_dtype)
+
+
+def _gradient_windows(
+    x: Tensor, kernel: Tensor, s0: tuple[int, int]
+) -> tuple[tuple[tuple[int, int], tuple[int, int]], tuple[tuple[int, int], tuple[int, int]]]:
+    """``(start, size)`` of the windows that give ``∂x`` (the output gradient with the flipped
+    kernel) and ``∂k`` (with the flipped input as a per-sample kernel). Per axis:
+    ``∂x[j] = Σ_n g[n] k[n + s0 − j] = (g ∗ flip k)[j + K − 1 − s0]``,
+    ``∂k[m] = Σ_n g[n] x[n + s0 − m] = (g ∗ flip x)[m + N − 1 − s0]``."""
+    n, k = tuple(x.shape[-2:]), tuple(kernel.shape[-2:])
+    s_x = (k[0] - 1 - s0[0], k[1] - 1 - s0[1])
+    s_k = (n[0] - 1 - s0[0], n[1] - 1 - s0[1])
+    return (s_x, n), (s_k, k)
+
+
+def _gradients(
+    x: Tensor, kernel: Tensor, skip: Tensor | None, s0: tuple[int, int], grad: Tensor,
+    need_x: bool, need_k: bool,
+) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
+    """First-order ``∂x`` and ``∂k`` in one pipeline: both windows take the output gradient as
+    their input, so one plan serves both and the gradient's spectrum is made once; a shared
+    kernel's gradient sums its products over the batch before its inverse transform."""
+    if not (need_x or need_k):  # only the skip's gradient is wanted
+        return None, None
+    (s_x, out_x), (s_k, out_k) = _gradient_windows(x, kernel, s0)
+    n = (x.shape[-2], x.shape[-1])
+    kx, shift_x = _reach(kernel.flip(-2, -1), s_x, n, out_x)
+    xk, shift_k = _reach(x.flip(-2, -1), s_k, n, out_k)
+    if grad.numel() == 0 or kx.numel() == 0 or xk.numel() == 0:  # zero windows: plain path
+        return _differentiable_gradients(x, kernel, skip, s0, grad, need_x, need_k)
+    windows = [(kx, shift_x, out_x)] * need_x + [(xk, shift_k, out_k)] * need_k
+    plan = _plan(n, windows)
+    g_spec = _spectrum(grad, (0, 0), plan)
+    gx = gk = None
+    if need_k:  # before ∂x's product overwrites the gradient's spectrum
+        per_k = kernel.numel() // (kernel.shape[-2] * kernel.shape[-1])  # C, or B·C per sample
+        x_spec = _spectrum(xk, shift_k, plan).flatten(0, -4)
+        k_spec = _cmul_sum(g_spec.flatten(0, -4), x_spec, per_k)
+        k_spec = torch.fft.ifft2(k_spec, norm="forward")
+        gk = _unfold_idft(k_spec, None, None, out_k, torch.float32)
+        gk = gk.view(kernel.shape).to(kernel.dtype)
+    if need_x:
+        _spectra_product(g_spec, _spectrum(kx, shift_x, plan))
+        gx = _unfold_idft(torch.fft.ifft2(g_spec, norm="forward"), grad, skip, out_x, x.dtype)
+    return gx, gk
+
+
+def _differentiable_gradients(
+    x: Tensor, kernel: Tensor, skip: Tensor | None, s0: tuple[int, int], grad: Tensor,
+    need_x: bool, need_k: bool,
+) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
+    """:func:`_gradients` as differentiable windows, for ``create_graph``."""
+    (s_x, out_x), (s_k, out_k) = _gradient_windows(x, kernel, s0)
+    gx = gk = None
+    if need_x:
+        gx = window_fft_conv2d(grad, kernel.flip(-2, -1), None, s_x, out_x, torch.float32)
+        if skip is not None:
+            gx = gx + skip.float()[:, None, None] * grad.float()
+        gx = gx.to(x.dtype)
+    if need_k:
+        gk = window_fft_conv2d(grad, x.flip(-2, -1), None, s_k, out_k, torch.float32)
+        if kernel.dim() == 3:
+            gk = gk.sum(0)
+        gk = gk.to(kernel.dtype)
+    return gx, gk
 
 
 class _WindowConv(torch.autograd.Function):
@@ -174,26 +251,13 @@ class _WindowConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        # Both gradients are windows again, computed by the public (differentiable) function, so
-        # second derivatives work. With flipped arrays, per axis:
-        # ∂x[j] = Σ_n g[n] k[n + s0 − j] = (g ∗ flip k)[j + K − 1 − s0],
-        # ∂k[m] = Σ_n g[n] x[n + s0 − m] = (g ∗ flip x)[m + N − 1 − s0].
         x, kernel, skip = ctx.saved_tensors
-        n, k = tuple(x.shape[-2:]), tuple(kernel.shape[-2:])
-        s0 = ctx.s0
-        gx = gk = gskip = None
-        if ctx.needs_input_grad[0]:
-            s_x = (k[0] - 1 - s0[0], k[1] - 1 - s0[1])
-            gx = window_fft_conv2d(grad, kernel.flip(-2, -1), None, s_x, n, torch.float32)
-            if skip is not None:
-                gx = gx + skip.float()[:, None, None] * grad.float()
-            gx = gx.to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            s_k = (n[0] - 1 - s0[0], n[1] - 1 - s0[1])
-            gk = window_fft_conv2d(grad, x.flip(-2, -1), None, s_k, k, torch.float32)
-            if kernel.dim() == 3:
-                gk = gk.sum(0)
-            gk = gk.to(kernel.dtype)
+        need_x, need_k = ctx.needs_input_grad[:2]
+        # Under create_graph each gradient goes through the public function, which records its
+        # own graph (second derivatives); otherwise both share one pipeline.
+        grads = _differentiable_gradients if torch.is_grad_enabled() else _gradients
+        gx, gk = grads(x, kernel, skip, ctx.s0, grad, need_x, need_k)
+        gskip = None
         if skip is not None and ctx.needs_input_grad[2]:
             gskip = (grad.float() * x.float()).sum((0, 2, 3)).to(skip.dtype)
         return gx, gk, gskip, None, None, None
