@@ -21,7 +21,8 @@ reference on the first input before timing (``rel_err``).
 
 ``hyena_vs_sdpa``: the Hyena layer forward (causal, batch 1, width 1024) against SDPA causal
 attention with 8 heads of 128 over the same width, for growing ``L``; rows report both times and
-their ratio. Lengths run while a time budget lasts.
+their ratio. Lengths run while a time budget lasts. ``hyena_vs_sdpa_train``: the same with the
+backward (gradients of q, k, v, and of the Hyena layer's parameters).
 """
 
 from __future__ import annotations
@@ -300,13 +301,62 @@ def bench_fftconv(device: torch.device, quick: bool) -> list[dict[str, Any]]:
 
 
 _sdpa = torch.nn.functional.scaled_dot_product_attention
-_HYENA_VS_SDPA = "hyena vs sdpa (fwd, B1)"  # one table for timed rows and the budget row
 
 
-@register_benchmark("hyena_vs_sdpa")
-def bench_hyena_vs_sdpa(device: torch.device, quick: bool) -> list[dict[str, Any]]:
-    from subq.functional.hyena import HyenaConfig, hyena, init_hyena
+def _hyena_vs_sdpa_row(device, dtype, length, width, heads, train) -> dict[str, Any]:
+    """One length: the Hyena layer and SDPA (and, forward only, at four lengths on CUDA, the
+    compiled layer)."""
+    from subq.nn.hyena import Hyena
 
+    g = torch.Generator().manual_seed(0)
+    layer = Hyena(hidden_dim=width, max_size=length, device=device, dtype=dtype, generator=g)
+    layer.requires_grad_(train)
+    g = torch.Generator(device=device).manual_seed(1)
+    shape = (1, length, width)
+    q, k, v = (
+        torch.randn(shape, generator=g, device=device, dtype=dtype, requires_grad=train)
+        for _ in range(3)
+    )
+    heads_view = (1, length, heads, width // heads)
+    qh, kh, vh = (t.view(heads_view).transpose(1, 2) for t in (q, k, v))
+    dy = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    leaves = (q, k, v, *layer.parameters())
+
+    def hyena_step(fn):
+        y = fn(q, k, v)
+        return torch.autograd.grad(y, leaves, dy) if train else y
+
+    def sdpa_step():
+        y = _sdpa(qh, kh, vh, is_causal=True)
+        return (
+            torch.autograd.grad(y, (q, k, v), dy.view(heads_view).transpose(1, 2)) if train else y
+        )
+
+    reps = 3 if length >= 2**18 else 10
+    with torch.set_grad_enabled(train):
+        t_h = benchmark(hyena_step, [(layer,)], warmup=2, reps=reps, device=device)
+        t_a = benchmark(
+            sdpa_step, [()], warmup=1, reps=1 if length >= 2**19 else reps, device=device
+        )
+    row = {
+        "hyena_ms": round(t_h.median_ms, 3),
+        "sdpa_ms": round(t_a.median_ms, 3),
+        "sdpa/hyena": round(t_a.median_ms / t_h.median_ms, 2),
+    }
+    if not train and device.type == "cuda" and length in (4096, 16384, 32768, 65536):
+        # The whole layer under torch.compile (kernel network included): less launch overhead.
+        compiled = torch.compile(layer, fullgraph=True)
+        with torch.no_grad():
+            t_c = benchmark(hyena_step, [(compiled,)], warmup=2, reps=reps, device=device)
+        row["hyena_compiled_ms"] = round(t_c.median_ms, 3)
+        row["sdpa/hyena_compiled"] = round(t_a.median_ms / t_c.median_ms, 2)
+    return row
+
+
+def _hyena_vs_sdpa(device: torch.device, quick: bool, train: bool) -> list[dict[str, Any]]:
+    """Rows of ``hyena_vs_sdpa`` (forward, no autograd) or ``hyena_vs_sdpa_train`` (forward and
+    backward: gradients of q, k, v and, for Hyena, of every parameter of the layer)."""
+    bench = f"hyena vs sdpa ({'fwd+bwd' if train else 'fwd'}, B1)"  # timed rows and budget row
     width, heads = (32, 2) if quick else (1024, 8)
     lengths = (64, 256) if quick else tuple(2**p for p in range(10, 21))
     budget_s = 5 if quick else 80
@@ -315,51 +365,21 @@ def bench_hyena_vs_sdpa(device: torch.device, quick: bool) -> list[dict[str, Any
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for length in lengths:
         if time.perf_counter() - start > budget_s:
-            rows.append({"bench": _HYENA_VS_SDPA, "shape": f"L{length}", "error": "time budget"})
+            rows.append({"bench": bench, "shape": f"L{length}", "error": "time budget"})
             break
-        cfg = HyenaConfig(hidden_dim=width, max_size=length)
-        p = init_hyena(cfg, generator=torch.Generator().manual_seed(0), device=device, dtype=dtype)
-        g = torch.Generator(device=device).manual_seed(1)
-        q, k, v = (
-            torch.randn(1, length, width, generator=g, device=device, dtype=dtype) for _ in range(3)
-        )
-        reps = 3 if length >= 2**18 else 10
-        with torch.no_grad():
-            t_h = benchmark(
-                lambda a, b, c, p=p, cfg=cfg: hyena(p, a, b, c, cfg=cfg),
-                [(q, k, v)],
-                warmup=2,
-                reps=reps,
-            )
-            qh, kh, vh = (
-                t.view(1, length, heads, width // heads).transpose(1, 2) for t in (q, k, v)
-            )
-            attn_reps = 1 if length >= 2**19 else reps
-            t_a = benchmark(
-                lambda a, b, c: _sdpa(a, b, c, is_causal=True),
-                [(qh, kh, vh)],
-                warmup=1,
-                reps=attn_reps,
-            )
-        row = {
-            "bench": _HYENA_VS_SDPA,
-            "shape": f"L{length} C{width} H{heads}",
-            "hyena_ms": round(t_h.median_ms, 3),
-            "sdpa_ms": round(t_a.median_ms, 3),
-            "sdpa/hyena": round(t_a.median_ms / t_h.median_ms, 2),
-        }
-        if device.type == "cuda" and length in (4096, 16384, 32768, 65536):
-            # The whole layer under torch.compile (kernel network included): less launch overhead.
-            compiled = torch.compile(
-                lambda a, b, c, p=p, cfg=cfg: hyena(p, a, b, c, cfg=cfg), fullgraph=True
-            )
-            with torch.no_grad():
-                t_c = benchmark(compiled, [(q, k, v)], warmup=2, reps=reps)
-            row["hyena_compiled_ms"] = round(t_c.median_ms, 3)
-            row["sdpa/hyena_compiled"] = round(t_a.median_ms / t_c.median_ms, 2)
-        rows.append(row)
+        row = _hyena_vs_sdpa_row(device, dtype, length, width, heads, train)
+        rows.append({"bench": bench, "shape": f"L{length} C{width} H{heads}", **row})
         print(rows[-1], flush=True)
-        del q, k, v, qh, kh, vh, p
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+@register_benchmark("hyena_vs_sdpa")
+def bench_hyena_vs_sdpa(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    return _hyena_vs_sdpa(device, quick, train=False)
+
+
+@register_benchmark("hyena_vs_sdpa_train")
+def bench_hyena_vs_sdpa_train(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    return _hyena_vs_sdpa(device, quick, train=True)
