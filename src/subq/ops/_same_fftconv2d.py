@@ -143,10 +143,13 @@ def _reach(
     return kernel, (shift[0], shift[1])
 
 
-def _plan(n: tuple[int, int], windows: list[tuple[Tensor, tuple[int, int], tuple[int, int]]]):
+def _plan(
+    n: tuple[int, int], windows: list[tuple[Tensor, tuple[int, int], tuple[int, int]]]
+) -> tuple[int, int, int]:
     """One plan exact for every ``(kernel, shift, out)`` window of an ``n``-sized input."""
     plans = [window_plan(n, tuple(k.shape[-2:]), shift, out, N1) for k, shift, out in windows]
-    return tuple(max(sizes) for sizes in zip(*plans))
+    n1, n2, q = (max(sizes) for sizes in zip(*plans, strict=True))
+    return n1, n2, q
 
 
 def _spectra_product(s: Tensor, h: Tensor) -> Tensor:
