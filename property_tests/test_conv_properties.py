@@ -63,20 +63,40 @@ def test_circular_axes_are_shift_equivariant(problem, data):
     channels=st.integers(1, 3),
     per_sample=st.booleans(),
     skip=st.booleans(),
+    wanted=st.sets(st.sampled_from([0, 1, 2])),
     seed=seeds,
 )
 def test_fourstep_equals_direct_causal_convolution(
-    length, taps, batch, channels, per_sample, skip, seed
+    length, taps, batch, channels, per_sample, skip, wanted, seed
 ):
     # The CUDA default for 1D causal rows, as its PyTorch math (the Triton kernels compute the
-    # same steps); float32 spectra, so the bound is tests/test_fftconv_fourstep.py's FP32_BOUND.
+    # same steps), forward and the gradients of a drawn subset of (x, kernel, skip); float32
+    # spectra, so the bound is tests/test_fftconv_fourstep.py's FP32_BOUND.
     from subq.ops._causal_fftconv import causal_fft_conv_fourstep
 
     x = randn(batch, channels, length, seed=seed)
     k = randn(*((batch,) if per_sample else ()), channels, taps, seed=seed + 1)
     d = randn(channels, seed=seed + 2) if skip else None
-    got = causal_fft_conv_fourstep(x.float(), k.float(), None if d is None else d.float())
-    assert_close_rel(fft_conv_direct(x, k, d, ("causal",)), got, 2e-6)
+    _check_forward_and_gradients(causal_fft_conv_fourstep, x, k, d, ("causal",), wanted, seed)
+
+
+def _check_forward_and_gradients(conv, x, k, d, modes, wanted, seed):
+    """``conv`` in float32 against the float64 direct convolution: the output, then the
+    gradients of the ``wanted`` leaves among (x, kernel, skip) for a random output gradient."""
+    wanted = sorted(i for i in wanted if i < 2 or d is not None)
+    leaves = [None if t is None else t.clone().requires_grad_(i in wanted)
+              for i, t in enumerate((x, k, d))]  # fmt: skip
+    leaves32 = [None if t is None else t.detach().float().requires_grad_(i in wanted)
+                for i, t in enumerate((x, k, d))]  # fmt: skip
+    want, got = fft_conv_direct(*leaves, modes), conv(*leaves32)
+    assert_close_rel(want, got, 2e-6)
+    if wanted:
+        gy = randn(*want.shape, seed=seed + 3)
+        grads = torch.autograd.grad(want, [leaves[i] for i in wanted], gy)
+        grads32 = torch.autograd.grad(got, [leaves32[i] for i in wanted], gy.float())
+        for w, g in zip(grads, grads32, strict=True):
+            assert g.shape == w.shape and g.dtype == torch.float32
+            assert_close_rel(w, g, 2e-6)
 
 
 @settings(max_examples=25, deadline=None)
@@ -87,17 +107,18 @@ def test_fourstep_equals_direct_causal_convolution(
     channels=st.integers(1, 3),
     per_sample=st.booleans(),
     skip=st.booleans(),
+    wanted=st.sets(st.sampled_from([0, 1, 2])),
     seed=seeds,
 )
 def test_fourstep_equals_direct_same_2d_convolution(
-    size, ksize, batch, channels, per_sample, skip, seed
+    size, ksize, batch, channels, per_sample, skip, wanted, seed
 ):
     # The CUDA default for two "zero" axes, as its PyTorch math (the Triton kernels compute the
-    # same steps); float32 spectra, so the bound is tests/test_fftconv_same2d.py's FP32_BOUND.
+    # same steps), forward and the gradients of a drawn subset of (x, kernel, skip); float32
+    # spectra, so the bound is tests/test_fftconv_same2d.py's FP32_BOUND.
     from subq.ops._same_fftconv2d import same_fft_conv2d
 
     x = randn(batch, channels, *size, seed=seed)
     k = randn(*((batch,) if per_sample else ()), channels, *ksize, seed=seed + 1)
     d = randn(channels, seed=seed + 2) if skip else None
-    got = same_fft_conv2d(x.float(), k.float(), None if d is None else d.float())
-    assert_close_rel(fft_conv_direct(x, k, d, ("zero", "zero")), got, 2e-6)
+    _check_forward_and_gradients(same_fft_conv2d, x, k, d, ("zero", "zero"), wanted, seed)
