@@ -79,20 +79,27 @@ CASES = {
             floats=["scale"],
         ),
     ),
-    "gate in": (
-        gates._gate_in_kernel,
-        *_sig(
-            {"Q": "bf16", "K": "bf16", "Z": "fp32"},
-            ["positions", "channels", "sqb", "sqs", "skb", "sks"],
-            {"BS": gates.BS, "BC": gates.BC},
-        ),
-    ),
+    # Triton makes a unit stride a constant: channels-last storage, channels-first storage.
+    **{
+        f"gate in, {name}": (
+            gates._gate_in_kernel,
+            *_sig(
+                {"Q": "bf16", "K": "bf16", "Z": "fp32"},
+                ["positions", "channels", "sqb", "skb", *strides],
+                {"BS": gates.BS, "BC": gates.BC, **dict.fromkeys(units, 1)},
+            ),
+        )
+        for name, units, strides in [
+            ("channels last", ["sqc", "skc"], ["sqs", "sks"]),
+            ("channels first", ["sqs", "sks"], ["sqc", "skc"]),
+        ]
+    },
     **{
         f"gate out, {name}": (
             gates._gate_out_kernel,
             *_sig(
                 {"H": "fp32", "V": "bf16", "Y": "bf16"},
-                ["positions", "channels", "svb", "svs"],
+                ["positions", "channels", "svb", "svs", "svc"],
                 {"GATE": code, "BS": gates.BS, "BC": gates.BC},
             ),
         )
