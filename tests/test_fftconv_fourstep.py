@@ -327,7 +327,7 @@ GATES_INTERPRETED = textwrap.dedent(
     from subq.ops import fftconv as ops
 
     def compiled(*args):
-        raise AssertionError("without autograd the gates must not be compiled")
+        raise AssertionError("the four-step path's gates are Triton passes, never compiled")
 
     def rel(want, got):
         return ((want - got.double()).abs().max() / want.abs().max()).item()
@@ -348,6 +348,28 @@ GATES_INTERPRETED = textwrap.dedent(
                     got = ops._gated_fourstep(q.float(), k.float(), v.float(), kern.float(), d,
                                               modes, gate, chunk_size=chunk)
                 worst = max(worst, rel(want, got))
+            # Gradients of every input through the gates' backward passes.
+            leaves = [t.clone().requires_grad_() for t in (q, k, v, kern)]
+            want = ops.gated_fft_conv_reference(*leaves, d.double(), modes, gate)
+            gy = torch.randn_like(want)
+            g_want = torch.autograd.grad(want, leaves, gy)
+            leaves32 = [t.detach().float().requires_grad_() for t in leaves]
+            got = ops._gated_fourstep(*leaves32, d, modes, gate, chunk_size=4)
+            g_got = torch.autograd.grad(got, leaves32, gy.float())
+            for w, g in [(want, got), *zip(g_want, g_got)]:
+                worst = max(worst, rel(w, g))
+        # Second derivatives (create_graph): the gates' backward as PyTorch math.
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        leaves32 = [t.detach().float().requires_grad_() for t in leaves]
+        for conv, ins, kk in [(ops.gated_fft_conv_reference, leaves, kern),
+                              (ops._gated_fourstep, leaves32, kern.float())]:
+            y = conv(*ins, kk, d.to(kk.dtype), modes, "silu")
+            (gq,) = torch.autograd.grad(y.square().sum(), ins[0], create_graph=True)
+            second = torch.autograd.grad(gq.sum(), ins[1:])
+            if conv is ops.gated_fft_conv_reference:
+                second_want = second
+        for w, g in zip(second_want, second):
+            worst = max(worst, rel(w, g))
         # Channels-last views of channels-first storage (unit stride along positions, not
         # channels) and every other position of a longer buffer.
         views = [t.movedim(-1, 1).contiguous().movedim(1, -1) for t in (q, k)]
@@ -369,8 +391,9 @@ GATES_INTERPRETED = textwrap.dedent(
 
 
 def test_gate_kernels_in_interpreter(triton_interpreted):
-    # Hyena's gates without autograd: the Triton passes, 1D causal and 2D, every value gate,
-    # channel chunks (strided views), bf16 in and out.
+    # Hyena's gates as Triton passes, 1D causal and 2D, every value gate, channel chunks
+    # (strided views), bf16 in and out; gradients through their backward passes and second
+    # derivatives through the PyTorch form of those.
     worst, bf16 = triton_interpreted(GATES_INTERPRETED, 2)
     assert worst < FP32_BOUND
     assert bf16 < 2**-7  # one ulp of the largest entry

@@ -95,6 +95,43 @@ CASES = {
         ]
     },
     **{
+        f"gate in backward, {name}": (
+            gates._gate_in_bwd_kernel,
+            *_sig(
+                {"Q": "bf16", "K": "bf16", "DZ": "fp32", "DQ": "bf16", "DK": "bf16"},
+                ["positions", "channels", "sqb", "skb", "sdb", *strides],
+                {"BS": gates.BS, "BC": gates.BC, **dict.fromkeys(units, 1)},
+            ),
+        )
+        for name, units, strides in [
+            ("channels last", ["sqc", "skc", "sdc"], ["sqs", "sks", "sds"]),
+            ("channels first", ["sqs", "sks", "sds"], ["sqc", "skc", "sdc"]),
+        ]
+    },
+    **{
+        f"gate out backward, {name}": (
+            gates._gate_out_bwd_kernel,
+            *_sig(
+                {"H": "fp32", "V": "bf16", "DY": "bf16", "DH": "fp32", "DV": "bf16"},
+                [
+                    "positions",
+                    "channels",
+                    "svb",
+                    "svs",
+                    "svc",
+                    "syb",
+                    "sys",
+                    "syc",
+                    "sdb",
+                    "sds",
+                    "sdc",
+                ],
+                {"GATE": code, "BS": gates.BS, "BC": gates.BC},
+            ),
+        )
+        for name, code in [("none", 0), *gates.GATES.items()]
+    },
+    **{
         f"gate out, {name}": (
             gates._gate_out_kernel,
             *_sig(

@@ -350,8 +350,8 @@ def _gate_in(q: Tensor, k: Tensor, dtype: torch.dtype = torch.float32) -> Tensor
 
 
 def _gate_in_rows(q: Tensor, k: Tensor) -> Tensor:
-    """``z`` in float32 as contiguous ``[B, C, L]`` rows for the four-step kernels (the layout
-    change fuses into the gate's pass when compiled)."""
+    """``z`` in float32 as contiguous ``[B, C, *spatial]`` rows: the four-step path's input gate
+    off CUDA (on CUDA a Triton pass, :mod:`subq.ops._fourstep_gates`)."""
     return _gate_in(q, k).contiguous()
 
 
@@ -364,25 +364,19 @@ def _gated_fourstep(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_si
     from subq.ops._causal_fftconv import _use_triton
 
     nd = len(modes)
-    # Without autograd the gates are two Triton passes (a compiled region's host time would be
-    # as long as the convolution at 4k); with it, compiled ones whose backward fuses too.
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, kernel, skip))
-    if not grad and _use_triton(q.device):
-        from subq.ops._fourstep_gates_kernel import gate_in_rows, gate_out
+    # The gates are one Triton pass each way (and one each for the backward): compiled regions
+    # cost more host time (guards, wrappers) than the whole convolution's GPU time at 4k.
+    # Off CUDA (the four-step math in PyTorch) they are the plain formulas.
+    if _use_triton(q.device):
+        from subq.ops._fourstep_gates import gate_in_rows, gate_out
     else:
-        gate_in_rows = gate_out = None
+        gate_in_rows, gate_out = _gate_in_rows, _gate_out
     outs = []
     for start, width in _chunks(q.shape[-1], chunk_size):
         qs, ks_, vs = (t.narrow(-1, start, width) for t in (q, k, v))
         kern = kernel.narrow(kernel.ndim - nd - 1, start, width)
-        if gate_in_rows is not None:
-            h = _fourstep_conv(gate_in_rows(qs, ks_), kern, skip.narrow(0, start, width), modes)
-            outs.append(gate_out(h, vs, value_gate, q.dtype))
-            continue
-        gate_in = compiled_for("gate_in", _gate_in_rows, tensor_signature(qs, ks_))
-        h = _fourstep_conv(gate_in(qs, ks_), kern, skip.narrow(0, start, width), modes)
-        gate = compiled_for("gate_out", _gate_out, (*tensor_signature(h, vs), value_gate))
-        outs.append(gate(h, vs, value_gate, q.dtype))
+        h = _fourstep_conv(gate_in_rows(qs, ks_), kern, skip.narrow(0, start, width), modes)
+        outs.append(gate_out(h, vs, value_gate, q.dtype))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
