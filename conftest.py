@@ -44,3 +44,27 @@ def triton_interpreted():
         return [float(v) for v in result.stdout.split()[-count:]]
 
     return run
+
+
+@pytest.fixture
+def gated_fourstep_errors():
+    """Worst relative error of Hyena's gated four-step convolution (forward and the gradients of
+    q, k, v and the kernel, float32) against the float64 reference, for channels-last inputs."""
+    import torch
+
+    from subq.ops import fftconv as ops
+
+    def rel(want, got):
+        return ((want - got.double()).abs().max() / want.abs().max()).item()
+
+    def run(q, k, v, kernel, skip, modes, value_gate="sigmoid", chunk_size=None) -> float:
+        leaves = [t.double().requires_grad_() for t in (q, k, v, kernel)]
+        want = ops.gated_fft_conv_reference(*leaves, skip.double(), modes, value_gate)
+        dy = torch.randn_like(want)
+        g_want = torch.autograd.grad(want, leaves, dy)
+        leaves32 = [t.detach().float().requires_grad_() for t in (q, k, v, kernel)]
+        got = ops._gated_fourstep(*leaves32, skip.float(), modes, value_gate, chunk_size)
+        g_got = torch.autograd.grad(got, leaves32, dy.float())
+        return max(rel(w, g) for w, g in [(want, got), *zip(g_want, g_got, strict=True)])
+
+    return run

@@ -151,9 +151,9 @@ def test_chunked_backend_equals_unchunked():
     assert_close_rel(whole, chunked, 1e-6)
 
 
-def test_gated_backend_matches_reference(monkeypatch):
-    # The gates' compiled passes are the plain functions here (Inductor is tested elsewhere).
-    monkeypatch.setattr(ops, "compiled_for", lambda name, fn, key: fn)
+def test_gated_backend_matches_reference(gated_fourstep_errors):
+    # Off CUDA the gates are the plain formulas around the four-step math (the Triton passes
+    # run in the interpreter test below).
     g = _g(50)
     q, k, v = (torch.randn(2, 90, 6, generator=g) for _ in range(3))
     kern = torch.randn(6, 90, generator=g) / 9
@@ -164,6 +164,8 @@ def test_gated_backend_matches_reference(monkeypatch):
         got = ops._gated_fourstep(q, k, v, kern, d, ("causal",), gate, chunk_size=4)
         assert got.dtype == torch.float32
         assert_close_rel(want, got, FP32_BOUND)
+        errors = gated_fourstep_errors(q, k, v, kern, d, ("causal",), value_gate=gate)
+        assert errors < FP32_BOUND
 
 
 FACTS = {
@@ -400,7 +402,7 @@ def test_gate_kernels_in_interpreter(triton_interpreted):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_kernels_match_reference_forward_and_gradients():
+def test_cuda_kernels_match_reference_forward_and_gradients(gated_fourstep_errors):
     from subq.functional.fftconv import fft_conv
 
     dev = torch.device("cuda")
@@ -423,6 +425,11 @@ def test_cuda_kernels_match_reference_forward_and_gradients():
     want = ops.gated_fft_conv_reference(q.double(), kk.double(), v.double(), kern.double(),
                                         d.double(), ("causal",))  # fmt: skip
     assert_close_rel(want, ops._gated_fourstep(q, kk, v, kern, d, ("causal",)), FP32_BOUND)
+    # With gradients (the gates' Triton backward passes), channel chunks, and q, k, v in the
+    # channels-first storage that Hyena's short convolution leaves.
+    assert gated_fourstep_errors(q, kk, v, kern, d, ("causal",), chunk_size=4) < FP32_BOUND
+    q, kk, v = (t.movedim(-1, 1).contiguous().movedim(1, -1) for t in (q, kk, v))
+    assert gated_fourstep_errors(q, kk, v, kern, d, ("causal",), value_gate="silu") < FP32_BOUND
 
 
 def test_empty_batch_and_empty_rows():

@@ -296,7 +296,7 @@ def test_triton_kernels_in_interpreter(triton_interpreted):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_kernels_match_reference_forward_and_gradients():
+def test_cuda_kernels_match_reference_forward_and_gradients(gated_fourstep_errors):
     from subq.functional.fftconv import fft_conv
 
     def close_to_sum(terms, got):
@@ -324,10 +324,11 @@ def test_cuda_kernels_match_reference_forward_and_gradients():
         xb = x.bfloat16()
         want_bf = ops.fft_conv_reference(xb.double(), k, d, MODES)
         assert_close_rel(want_bf, fft_conv(xb, k.float(), d.float(), mode="zero"), 2**-8)
-    # Hyena's gated form in 2D (channels last), with its compiled gate passes.
+    # Hyena's gated form in 2D (channels last), with its Triton gate passes and their backward.
     g = _g(62)
     q, kk, v = (torch.randn(2, 40, 33, 8, generator=g).to(dev) for _ in range(3))
     kern, d = torch.randn(8, 40, 33, generator=g).to(dev) / 40, torch.randn(8, generator=g).to(dev)
     want = ops.gated_fft_conv_reference(q.double(), kk.double(), v.double(), kern.double(),
                                         d.double(), MODES)  # fmt: skip
     assert_close_rel(want, ops._gated_fourstep(q, kk, v, kern, d, MODES), FP32_BOUND)
+    assert gated_fourstep_errors(q, kk, v, kern, d, MODES, value_gate="silu") < FP32_BOUND
