@@ -3,12 +3,11 @@ channels-last into float32 rows, ``h ⊙ σ₂(v)`` back, and one backward pass 
 
 They replace Inductor-compiled gates because a compiled region's host overhead (guards and
 wrappers, ≈0.1–0.2 ms a call, more with autograd) is as long as the whole convolution at 4096
-samples. Each program
-moves a ``[BS, BC]`` tile. q, k and v are read in their own strides: Hyena's short convolution
-leaves channels-first storage behind its channels-last view, which the first pass then reads
-along positions as it writes them; channels-last storage is read along channels and Triton
-converts the layout in shared memory. (A unit stride is a compile-time constant to Triton, so
-each layout gets its own kernel.)
+samples. Each program moves a ``[BS, BC]`` tile. q, k and v are read in their own strides:
+Hyena's short convolution leaves channels-first storage behind its channels-last view, which the
+first pass then reads along positions as it writes them; channels-last storage is read along
+channels and Triton converts the layout in shared memory. (A unit stride is a compile-time
+constant to Triton, so each layout gets its own kernel.)
 """
 
 from __future__ import annotations
@@ -49,21 +48,6 @@ def _gate_in_kernel(
 
 
 @triton.jit
-def _gate_out_kernel(
-    H, V, Y, positions, channels, svb, svs, svc,
-    GATE: tl.constexpr, BS: tl.constexpr, BC: tl.constexpr,
-):  # fmt: skip
-    b, s, c, keep = _tile(positions, channels, BS, BC)
-    h = tl.load(H + (b * channels + c) * positions + s, mask=keep)
-    v = tl.load(V + b * svb + s * svs + c * svc, mask=keep).to(tl.float32)
-    if GATE == 1:
-        v = tl.sigmoid(v)
-    elif GATE == 2:
-        v = v * tl.sigmoid(v)
-    tl.store(Y + (b * positions + s) * channels + c, (h * v).to(Y.dtype.element_ty), mask=keep)
-
-
-@triton.jit
 def _value_gate(v, GATE: tl.constexpr):
     # σ₂(v) and σ₂'(v), float32.
     if GATE == 1:
@@ -74,6 +58,17 @@ def _value_gate(v, GATE: tl.constexpr):
         return v * sig, sig * (1.0 + v * (1.0 - sig))
     else:
         return v, tl.full(v.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _gate_out_kernel(
+    H, V, Y, positions, channels, svb, svs, svc,
+    GATE: tl.constexpr, BS: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    b, s, c, keep = _tile(positions, channels, BS, BC)
+    h = tl.load(H + (b * channels + c) * positions + s, mask=keep)
+    gate, _ = _value_gate(tl.load(V + b * svb + s * svs + c * svc, mask=keep).to(tl.float32), GATE)
+    tl.store(Y + (b * positions + s) * channels + c, (h * gate).to(Y.dtype.element_ty), mask=keep)
 
 
 @triton.jit
