@@ -328,13 +328,15 @@ GATES_INTERPRETED = textwrap.dedent(
     import torch
     from subq.ops import fftconv as ops
 
-    def compiled(*args):
-        raise AssertionError("the four-step path's gates are Triton passes, never compiled")
-
     def rel(want, got):
         return ((want - got.double()).abs().max() / want.abs().max()).item()
 
-    ops.compiled_for = compiled
+    def second(conv, leaves, kern, d, modes):
+        # d/d(k, v) of a function of ∂q (create_graph): the gates' backward as PyTorch math.
+        y = conv(*leaves, kern, d, modes, "silu")
+        (gq,) = torch.autograd.grad(y.square().sum(), leaves[0], create_graph=True)
+        return torch.autograd.grad(gq.sum(), leaves[1:])
+
     torch.manual_seed(0)
     worst, low = 0.0, 0.0
     for shape, modes, kshape in [
@@ -360,17 +362,11 @@ GATES_INTERPRETED = textwrap.dedent(
             g_got = torch.autograd.grad(got, leaves32, gy.float())
             for w, g in [(want, got), *zip(g_want, g_got)]:
                 worst = max(worst, rel(w, g))
-        # Second derivatives (create_graph): the gates' backward as PyTorch math.
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        leaves32 = [t.detach().float().requires_grad_() for t in leaves]
-        for conv, ins, kk in [(ops.gated_fft_conv_reference, leaves, kern),
-                              (ops._gated_fourstep, leaves32, kern.float())]:
-            y = conv(*ins, kk, d.to(kk.dtype), modes, "silu")
-            (gq,) = torch.autograd.grad(y.square().sum(), ins[0], create_graph=True)
-            second = torch.autograd.grad(gq.sum(), ins[1:])
-            if conv is ops.gated_fft_conv_reference:
-                second_want = second
-        for w, g in zip(second_want, second):
+        want = second(ops.gated_fft_conv_reference, leaves, kern, d.double(), modes)
+        leaves = [t.detach().float().requires_grad_() for t in leaves]
+        got = second(ops._gated_fourstep, leaves, kern.float(), d, modes)
+        for w, g in zip(want, got):
             worst = max(worst, rel(w, g))
         # Channels-last views of channels-first storage (unit stride along positions, not
         # channels) and every other position of a longer buffer.
